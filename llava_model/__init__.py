@@ -1,0 +1,14 @@
+"""Our LLaVA model for vLLM, loaded through vLLM's ``vllm.general_plugins`` entry point.
+
+Importing this package has no side effects; vLLM calls ``register`` in every
+process it starts. Set ``VLLM_PLUGINS`` to a list without ``llava_model`` (for
+example ``VLLM_PLUGINS=``) to fall back to vLLM's built-in LLaVA class.
+"""
+
+ARCHITECTURE = "LlavaForConditionalGeneration"
+
+
+def register() -> None:
+    from vllm import ModelRegistry
+
+    ModelRegistry.register_model(ARCHITECTURE, "llava_model.model:LlavaForConditionalGeneration")

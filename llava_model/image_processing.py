@@ -1,0 +1,221 @@
+"""Our image preprocessing: bytes or PIL images -> normalised pixel batches.
+
+No Hugging Face image processor and no torchvision: PIL does decoding and the
+resampling (in C), and ``kernels.normalize_images`` turns the whole batch of uint8
+images into normalised CHW tensors in one vectorised pass.
+
+Geometry per image, by ``aspect_mode``:
+- ``crop``   (CLIP): resize the shortest edge to ``shortest_edge``, centre-crop.
+- ``pad``    (LLaVA-1.5): pad to a square filled with the mean colour, then as ``crop``.
+- ``resize``: resize straight to ``image_size`` x ``image_size`` (aspect not kept).
+"""
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from kernels import normalize_images
+
+AspectMode = Literal["crop", "pad", "resize"]
+ASPECT_MODES: tuple[str, ...] = ("crop", "pad", "resize")
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Modes whose alpha channel is composited onto white before dropping it.
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageProcessingConfig:
+    image_size: int = 336  # output side, equal to the vision tower's input size
+    shortest_edge: int = 336  # resize target of the shortest edge (crop / pad modes)
+    aspect_mode: AspectMode = "crop"
+    resample: int = Image.Resampling.BICUBIC
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+    max_pixels: int | None = field(default=None)  # refuse larger images before decoding
+
+    def __post_init__(self) -> None:
+        if self.aspect_mode not in ASPECT_MODES:
+            raise ValueError(f"aspect mode {self.aspect_mode!r} is not one of {ASPECT_MODES}")
+        if self.shortest_edge < self.image_size:
+            raise ValueError(
+                f"shortest_edge {self.shortest_edge} is smaller than the crop {self.image_size}"
+            )
+
+    @classmethod
+    def from_hf_dict(
+        cls,
+        cfg: Mapping[str, object],
+        image_size: int,
+        aspect_mode: str | None = None,
+    ) -> "ImageProcessingConfig":
+        """Read a ``preprocessor_config.json`` (CLIP or LLaVA image processor).
+
+        The mode comes from ``aspect_mode`` if given, else the file's
+        ``image_aspect_ratio`` (original LLaVA), else ``do_pad`` -> ``pad``, else ``crop``.
+        """
+        crop = cfg.get("crop_size") or {"height": image_size, "width": image_size}
+        crop_side = crop if isinstance(crop, int) else crop.get("height", image_size)
+        if crop_side != image_size or (isinstance(crop, dict) and crop.get("width", crop_side) != crop_side):
+            raise ValueError(
+                f"preprocessor crop_size {crop} does not match the vision tower's image_size {image_size}"
+            )
+        size = cfg.get("size") or {"shortest_edge": image_size}
+        if isinstance(size, int):
+            shortest = size
+        elif "shortest_edge" in size:
+            shortest = int(size["shortest_edge"])
+        else:
+            shortest = int(min(size.get("height", image_size), size.get("width", image_size)))
+        mode = aspect_mode or cfg.get("image_aspect_ratio") or ("pad" if cfg.get("do_pad") else "crop")
+        if mode == "square":  # the original LLaVA repo's spelling of a plain resize
+            mode = "resize"
+        return cls(
+            image_size=image_size,
+            shortest_edge=max(shortest, image_size),
+            aspect_mode=mode,  # validated in __post_init__
+            resample=int(cfg.get("resample", Image.Resampling.BICUBIC)),
+            do_rescale=bool(cfg.get("do_rescale", True)),
+            rescale_factor=float(cfg.get("rescale_factor", 1 / 255)),
+            do_normalize=bool(cfg.get("do_normalize", True)),
+            image_mean=tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),
+            image_std=tuple(cfg.get("image_std", OPENAI_CLIP_STD)),
+        )
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode encoded bytes, checking the pixel count from the header first."""
+    if not data:
+        raise ImageError("image is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception as exc:  # PIL raises several types for unreadable data
+        raise ImageError(f"cannot decode image: {exc}") from None
+    _check_size(image, max_pixels)
+    try:
+        image.load()
+    except Exception as exc:
+        raise ImageError(f"cannot decode image: {exc}") from None
+    return image
+
+
+def _check_size(image: Image.Image, max_pixels: int | None) -> None:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image has zero size ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"image has {width}x{height} pixels, more than the limit of {max_pixels}")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and convert any mode to 8-bit RGB.
+
+    Transparent pixels are composited onto white; 16-bit and 32-bit grey images are
+    scaled to 8 bits rather than clipped.
+    """
+    _check_size(image, None)
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode in _SIXTEEN_BIT_MODES:
+        grey = np.asarray(image, dtype=np.float64)
+        grey8 = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey8, mode="L").convert("RGB")
+    if mode == "F":
+        grey8 = np.clip(np.rint(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey8, mode="L").convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def as_pil(image: object) -> Image.Image:
+    """Accept a PIL image, encoded bytes, or an HWC uint8 array / tensor."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image))
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+            image = np.transpose(image, (1, 2, 0))  # CHW -> HWC
+        if image.dtype != np.uint8:
+            raise ImageError(f"array images must be uint8, got {image.dtype}")
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim not in (2, 3) or 0 in image.shape:
+            raise ImageError(f"array image has unusable shape {image.shape}")
+        return Image.fromarray(image)
+    raise ImageError(f"unsupported image type {type(image).__name__}")
+
+
+def fit_geometry(image: Image.Image, cfg: ImageProcessingConfig) -> Image.Image:
+    """Pad / resize / crop an RGB image to ``image_size`` x ``image_size``."""
+    side = cfg.image_size
+    if cfg.aspect_mode == "resize":
+        return image.resize((side, side), resample=cfg.resample)
+    if cfg.aspect_mode == "pad":
+        image = pad_to_square(image, tuple(int(m * 255) for m in cfg.image_mean))
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = cfg.shortest_edge, int(cfg.shortest_edge * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), resample=cfg.resample)
+    left, top = (new_w - side) // 2, (new_h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def preprocess_images(
+    images: Sequence[object],
+    cfg: ImageProcessingConfig,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Images (any accepted form) -> ``(B, 3, S, S)`` pixel values in ``dtype``."""
+    arrays = []
+    for index, raw in enumerate(images):
+        try:
+            rgb = to_rgb(as_pil(raw))
+            _check_size(rgb, cfg.max_pixels)
+        except ImageError as exc:
+            raise ImageError(f"image {index}: {exc}") from None
+        arrays.append(np.asarray(fit_geometry(rgb, cfg), dtype=np.uint8))
+    batch = torch.from_numpy(np.stack(arrays))  # (B, S, S, 3) uint8
+    if not cfg.do_normalize:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean, std = cfg.image_mean, cfg.image_std
+    rescale = cfg.rescale_factor if cfg.do_rescale else 1.0
+    return normalize_images(batch, mean, std, rescale, dtype)

@@ -1,0 +1,47 @@
+"""The projector as a vLLM module; the arithmetic lives in ``kernels.run_projector``.
+
+Weights are replicated on every tensor-parallel rank: the projector is small next
+to the language model, and keeping it whole lets one fused kernel run it.
+"""
+
+import torch
+from torch import nn
+
+from kernels import run_projector
+from kernels.projector import gelu_form
+from llava_model.hf_projector import projector_type_of
+
+
+class LlavaProjector(nn.Module):
+    def __init__(self, config, in_features: int):
+        super().__init__()
+        self.kind = projector_type_of(config)
+        out_features = config.text_config.hidden_size
+        bias = bool(getattr(config, "multimodal_projector_bias", True))
+        self.act = config.projector_hidden_act or "gelu"
+        if self.kind == "identity":
+            if in_features != out_features:
+                raise ValueError(
+                    f"identity projector needs equal sizes, got vision {in_features} and text {out_features}"
+                )
+            return
+        gelu_form(self.act)  # refuse unknown activations at load time, not per request
+        self.linear_1 = nn.Linear(in_features, out_features, bias=bias)
+        if self.kind == "mlp2x_gelu":
+            self.linear_2 = nn.Linear(out_features, out_features, bias=bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.kind == "identity":
+            return features
+        shape = features.shape
+        x = features.reshape(-1, shape[-1])  # (B * T, D_vision)
+        second = getattr(self, "linear_2", None)
+        out = run_projector(
+            x,
+            self.linear_1.weight,
+            self.linear_1.bias,
+            None if second is None else second.weight,
+            None if second is None else second.bias,
+            self.act,
+        )
+        return out.reshape(*shape[:-1], out.shape[-1])

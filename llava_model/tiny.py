@@ -1,0 +1,185 @@
+"""Tiny random LLaVA checkpoints built in code, for tests and smoke benchmarks.
+
+Nothing is downloaded: the tokenizer is a byte-level BPE trained here on a few
+sentences, and the weights are random (seeded). ``build_tiny_llava`` writes a
+directory in the llava-hf layout that transformers and our vLLM model both load.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+_CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "USER: What is in the image? ASSISTANT: A red circle above a blue square.",
+    "USER: How many objects are there? ASSISTANT: There are three objects.",
+    "Describe the picture in detail. The background is green and there is a small yellow triangle.",
+    "Is there a cat on the left? Yes, the cat sits left of the dog, below the window.",
+    "0 1 2 3 4 5 6 7 8 9 colour shape size position count overlap",
+]
+
+
+@dataclass(frozen=True)
+class TinyLlavaSpec:
+    """Sizes of a tiny LLaVA. Head size 64 is one vLLM's CPU attention supports."""
+
+    text_arch: str = "llama"  # llama | mistral | qwen2
+    hidden_size: int = 128
+    num_heads: int = 2
+    num_kv_heads: int = 1
+    intermediate_size: int = 256
+    num_layers: int = 2
+    vocab_size: int = 512
+    tie_word_embeddings: bool = False
+    vision_hidden: int = 64
+    vision_layers: int = 3
+    vision_heads: int = 2
+    image_size: int = 32
+    patch_size: int = 8
+    projector_type: str = "mlp2x_gelu"  # mlp2x_gelu | linear | identity
+    vision_feature_layer: int | tuple[int, ...] = -2
+    vision_feature_select_strategy: str = "default"
+    aspect_mode: str = "pad"
+    init_std: float = 0.08
+    seed: int = 0
+
+
+def build_tokenizer(out_dir: Path | None = None):
+    """A deterministic byte-level BPE tokenizer with LLaVA's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer)
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    if out_dir is not None:
+        fast.save_pretrained(out_dir)
+    return fast
+
+
+def _text_config(spec: TinyLlavaSpec, pad_id: int, bos_id: int, eos_id: int):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+    if spec.text_arch not in classes:
+        raise ValueError(f"text_arch {spec.text_arch!r} is not one of {sorted(classes)}")
+    return classes[spec.text_arch](
+        hidden_size=spec.hidden_size,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        head_dim=spec.hidden_size // spec.num_heads,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        vocab_size=spec.vocab_size,
+        max_position_embeddings=1024,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        initializer_range=spec.init_std,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def tiny_llava_config(spec: TinyLlavaSpec, tokenizer):
+    from transformers import CLIPVisionConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 2,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden,
+        initializer_range=spec.init_std,
+    )
+    text = _text_config(spec, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    layer = spec.vision_feature_layer
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=list(layer) if isinstance(layer, tuple) else layer,
+        vision_feature_select_strategy=spec.vision_feature_select_strategy,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=spec.tie_word_embeddings,
+    )
+    config.projector_type = spec.projector_type
+    return config
+
+
+def build_tiny_hf_model(spec: TinyLlavaSpec):
+    """(model, tokenizer): a transformers ``LlavaForConditionalGeneration`` in fp32.
+
+    For ``linear`` and ``identity`` projectors the model's projector is swapped for
+    the matching module, so it serves as the reference for those types too.
+    """
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from llava_model.hf_projector import replace_hf_projector
+
+    tokenizer = build_tokenizer()
+    config = tiny_llava_config(spec, tokenizer)
+    torch.manual_seed(spec.seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    replace_hf_projector(model, spec.projector_type)
+    return model, tokenizer
+
+
+def write_processor_files(out_dir: Path, spec: TinyLlavaSpec) -> None:
+    import json
+
+    from llava_model.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    preprocessor = {
+        "image_processor_type": "LlavaImageProcessor" if spec.aspect_mode == "pad" else "CLIPImageProcessor",
+        "do_pad": spec.aspect_mode == "pad",
+        "image_aspect_ratio": spec.aspect_mode,
+        "size": {"shortest_edge": spec.image_size},
+        "crop_size": {"height": spec.image_size, "width": spec.image_size},
+        "do_resize": True,
+        "do_center_crop": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": list(OPENAI_CLIP_MEAN),
+        "image_std": list(OPENAI_CLIP_STD),
+        "resample": 3,
+    }
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+
+
+def build_tiny_llava(out_dir: str | Path, spec: TinyLlavaSpec = TinyLlavaSpec()):
+    """Write a tiny llava-hf checkpoint to ``out_dir``; returns the HF model."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = build_tiny_hf_model(spec)
+    from llava_model.weights import save_hub_layout
+
+    save_hub_layout(model, out)
+    tokenizer.save_pretrained(out)
+    write_processor_files(out, spec)
+    return model
