@@ -1,0 +1,40 @@
+"""transformers as the reference: greedy generation from a LLaVA model on CPU."""
+
+import torch
+
+from llava_model.vision import num_image_tokens
+
+
+def hf_pixel_values(images, spec):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    side = spec.image_size
+    kwargs = dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    if spec.aspect_mode == "pad":
+        processor = LlavaImageProcessorPil(do_pad=True, **kwargs)
+    else:
+        processor = CLIPImageProcessorPil(**kwargs)
+    return processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def hf_greedy(model, tokenizer, prompt: str, images, spec, max_new_tokens: int = 32) -> list[int]:
+    """Greedy tokens from transformers, with each <image> expanded as LLaVA expects."""
+    config = model.config
+    ids = tokenizer(prompt)["input_ids"]
+    per_image = num_image_tokens(config)
+    expanded: list[int] = []
+    for token in ids:
+        expanded.extend([token] * per_image if token == config.image_token_index else [token])
+    inputs = {"input_ids": torch.tensor([expanded])}
+    if images:
+        inputs["pixel_values"] = hf_pixel_values(images, spec)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return out[0, len(expanded) :].tolist()

@@ -1,0 +1,182 @@
+"""Our preprocessing against transformers' CLIP / LLaVA image processors, and odd inputs."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kernels.preprocess import normalize_reference
+from llava_model.image_processing import (
+    ImageError,
+    ImageProcessingConfig,
+    decode_image,
+    fit_geometry,
+    preprocess_images,
+    to_rgb,
+)
+from tests.images import noise, photo_like
+
+# Our output equals the reference's float32 arithmetic up to rounding of the last bit.
+ATOL = 1e-5
+
+SIZES = [(640, 480), (480, 640), (336, 336), (337, 335), (1, 1), (3, 500), (500, 3), (1023, 77)]
+
+
+def hf_processor(mode: str, side: int):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    kwargs = dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    if mode == "pad":
+        return LlavaImageProcessorPil(do_pad=True, **kwargs)
+    return CLIPImageProcessorPil(**kwargs)
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind", ["photo", "noise"])
+def test_matches_transformers(mode, size, kind):
+    side = 336
+    image = (photo_like if kind == "photo" else noise)(*size, seed=size[0])
+    ours = preprocess_images([image], ImageProcessingConfig(image_size=side, shortest_edge=side, aspect_mode=mode))
+    ref = hf_processor(mode, side)(images=[image], return_tensors="pt")["pixel_values"]
+    assert ours.shape == ref.shape == (1, 3, side, side)
+    torch.testing.assert_close(ours, ref.to(torch.float32), atol=ATOL, rtol=0)
+
+
+def test_batch_of_mixed_sizes_matches_one_by_one():
+    cfg = ImageProcessingConfig(image_size=32, shortest_edge=32, aspect_mode="pad")
+    images = [photo_like(40, 60, 1), noise(100, 30, 2), photo_like(32, 32, 3)]
+    batch = preprocess_images(images, cfg)
+    assert batch.shape == (3, 3, 32, 32)
+    for i, image in enumerate(images):
+        torch.testing.assert_close(batch[i : i + 1], preprocess_images([image], cfg), atol=0, rtol=0)
+
+
+def test_resize_mode_ignores_aspect():
+    cfg = ImageProcessingConfig(image_size=64, shortest_edge=64, aspect_mode="resize")
+    image = photo_like(200, 50)
+    out = fit_geometry(image, cfg)
+    assert out.size == (64, 64)
+    expected = np.asarray(image.resize((64, 64), resample=Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(np.asarray(out), expected)
+
+
+def test_pad_fills_with_mean_colour():
+    cfg = ImageProcessingConfig(image_size=32, shortest_edge=32, aspect_mode="pad")
+    out = np.asarray(fit_geometry(Image.new("RGB", (32, 8), (0, 0, 0)), cfg))
+    assert tuple(out[0, 0]) == tuple(int(m * 255) for m in cfg.image_mean)
+    assert tuple(out[16, 16]) == (0, 0, 0)
+
+
+def test_bf16_output_dtype():
+    cfg = ImageProcessingConfig(image_size=32, shortest_edge=32)
+    out = preprocess_images([noise(50, 40)], cfg, dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), preprocess_images([noise(50, 40)], cfg), atol=0.05, rtol=0.01)
+
+
+def test_normalize_reference_matches_formula():
+    images = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+    out = normalize_reference(images, mean, std, 1 / 255)
+    expected = (images.permute(0, 3, 1, 2).double() / 255 - torch.tensor(mean).double()[:, None, None]) / torch.tensor(
+        std
+    ).double()[:, None, None]
+    torch.testing.assert_close(out.double(), expected, atol=1e-6, rtol=0)
+
+
+# ---- modes, orientation and bad input ----------------------------------------------------
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_transparent_pixels_become_white():
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (0, 0, 255, 255))
+    rgb = np.asarray(to_rgb(rgba))
+    assert tuple(rgb[1, 1]) == (255, 255, 255)
+    assert tuple(rgb[0, 0]) == (0, 0, 255)
+    la = Image.new("LA", (2, 2), (0, 0))
+    assert tuple(np.asarray(to_rgb(la))[0, 0]) == (255, 255, 255)
+
+
+def test_palette_with_transparency():
+    image = Image.new("P", (2, 2), 0)
+    image.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    image.putpixel((1, 1), 1)
+    image.info["transparency"] = 0
+    rgb = np.asarray(to_rgb(decode_image(_encode(image, "PNG", transparency=0))))
+    assert tuple(rgb[0, 0]) == (255, 255, 255)
+    assert tuple(rgb[1, 1]) == (200, 100, 50)
+
+
+@pytest.mark.parametrize(
+    "mode,value,expected",
+    [("L", 77, 77), ("I;16", 65535, 255), ("I;16", 257 * 40, 40), ("I", 257 * 90, 90), ("F", 12.4, 12)],
+)
+def test_grey_modes_scale_to_8_bit(mode, value, expected):
+    image = Image.new(mode, (3, 2), value)
+    assert to_rgb(image).mode == "RGB"
+    assert tuple(np.asarray(to_rgb(image))[0, 0]) == (expected,) * 3
+
+
+def test_sixteen_bit_png_round_trip():
+    grey = Image.fromarray(np.full((4, 4), 257 * 200, dtype=np.uint16))
+    rgb = np.asarray(to_rgb(decode_image(_encode(grey, "PNG"))))
+    assert rgb.shape == (4, 4, 3) and rgb[0, 0, 0] == 200
+
+
+def test_cmyk_jpeg():
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red in CMYK
+    rgb = np.asarray(to_rgb(decode_image(_encode(cmyk, "JPEG", quality=95))))
+    assert rgb[4, 4, 0] > 200 and rgb[4, 4, 1] < 60 and rgb[4, 4, 2] < 60
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (20, 10), (0, 0, 0))
+    image.putpixel((0, 0), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode_image(_encode(image, "JPEG", exif=exif, quality=100))
+    upright = to_rgb(decoded)
+    assert decoded.size == (20, 10) and upright.size == (10, 20)
+    assert np.asarray(upright)[0, -1].min() > 200  # top-left pixel moved to top-right
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", _encode(noise(8, 8), "PNG")[:40]])
+def test_corrupt_bytes_raise_image_error(data):
+    with pytest.raises(ImageError, match="image"):
+        decode_image(data)
+
+
+def test_zero_size_images_raise():
+    with pytest.raises(ImageError, match="zero size"):
+        to_rgb(Image.new("RGB", (0, 5)))
+    with pytest.raises(ImageError, match="image 1: .*unusable shape"):
+        preprocess_images([noise(4, 4), np.zeros((0, 5, 3), np.uint8)], ImageProcessingConfig(32, 32))
+
+
+def test_pixel_cap_checked_before_decoding():
+    big = _encode(Image.new("RGB", (3000, 3000)), "PNG")
+    with pytest.raises(ImageError, match="more than the limit"):
+        decode_image(big, max_pixels=1_000_000)
+
+
+def test_config_from_preprocessor_json():
+    cfg = ImageProcessingConfig.from_hf_dict(
+        {"crop_size": {"height": 336, "width": 336}, "size": {"shortest_edge": 336}, "do_pad": True}, 336
+    )
+    assert cfg.aspect_mode == "pad"
+    assert ImageProcessingConfig.from_hf_dict({"image_aspect_ratio": "resize"}, 224).aspect_mode == "resize"
+    assert ImageProcessingConfig.from_hf_dict({}, 224, aspect_mode="crop").aspect_mode == "crop"
+    with pytest.raises(ValueError, match="does not match"):
+        ImageProcessingConfig.from_hf_dict({"crop_size": {"height": 224, "width": 224}}, 336)
+    with pytest.raises(ValueError, match="aspect mode"):
+        ImageProcessingConfig.from_hf_dict({}, 224, aspect_mode="anyres")
