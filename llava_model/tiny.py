@@ -46,7 +46,7 @@ class TinyLlavaSpec:
     seed: int = 0
 
 
-def build_tokenizer(out_dir: Path | None = None):
+def build_tokenizer(out_dir: Path | None = None, special_tokens: list[str] = SPECIAL_TOKENS):
     """A deterministic byte-level BPE tokenizer with LLaVA's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -56,7 +56,7 @@ def build_tokenizer(out_dir: Path | None = None):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -65,13 +65,9 @@ def build_tokenizer(out_dir: Path | None = None):
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
+    named = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        tokenizer_object=tok, **{k: v for k, v in named.items() if v in special_tokens}
     )
     if out_dir is not None:
         fast.save_pretrained(out_dir)
@@ -183,3 +179,28 @@ def build_tiny_llava(out_dir: str | Path, spec: TinyLlavaSpec = TinyLlavaSpec())
     tokenizer.save_pretrained(out)
     write_processor_files(out, spec)
     return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m llava_model.tiny", description="Write a tiny random LLaVA checkpoint (llava-hf layout)."
+    )
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--text-arch", default="llama", choices=["llama", "mistral", "qwen2"])
+    parser.add_argument("--projector", default="mlp2x_gelu", choices=["mlp2x_gelu", "linear", "identity"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    spec = TinyLlavaSpec(
+        text_arch=args.text_arch,
+        projector_type=args.projector,
+        vision_hidden=128 if args.projector == "identity" else 64,
+        seed=args.seed,
+    )
+    build_tiny_llava(args.out, spec)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Offline generation with vLLM's ``LLM`` over our model, from the command line.
+
+    python -m llava_model.generate --model DIR --image photo.jpg --prompt "What is shown?"
+
+The prompt is wrapped in LLaVA's vicuna_v1 format unless ``--raw`` is given; each
+``--image`` adds one ``<image>`` placeholder in front of the question.
+"""
+
+import argparse
+from pathlib import Path
+
+from llava_model.image_processing import ImageError, decode_image
+
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+def vicuna_prompt(question: str, num_images: int) -> str:
+    images = "<image>\n" * num_images
+    return f"{VICUNA_SYSTEM} USER: {images}{question} ASSISTANT:"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m llava_model.generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model directory (llava-hf layout)")
+    parser.add_argument("--image", action="append", default=[], type=Path, help="image file (repeatable)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--raw", action="store_true", help="send the prompt as is (it holds its own <image>s)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="memory reserved for the KV cache")
+    parser.add_argument("--eager", action="store_true", help="skip torch.compile (faster start)")
+    args = parser.parse_args(argv)
+
+    images = []
+    for path in args.image:
+        try:
+            images.append(decode_image(path.read_bytes()))
+        except (OSError, ImageError) as exc:
+            parser.exit(2, f"error: {path}: {exc}\n")
+    prompt = args.prompt if args.raw else vicuna_prompt(args.prompt, len(images))
+
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        model=args.model,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        enforce_eager=args.eager,
+        limit_mm_per_prompt={"image": max(len(images), 1)},
+        kv_cache_memory_bytes=int(args.kv_cache_gb * 2**30),
+    )
+    request = {"prompt": prompt, "multi_modal_data": {"image": images}} if images else prompt
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
+    output = llm.generate([request], params, use_tqdm=False)[0].outputs[0]
+    print(output.text)
+
+
+if __name__ == "__main__":
+    main()
