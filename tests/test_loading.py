@@ -109,3 +109,29 @@ def test_plugin_registration_and_fallback(plugins, expected):
     result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == expected
+
+
+def _record_encoder_batches(model):
+    calls = []
+    original = model.encode_images
+
+    def recording(pixel_values):
+        calls.append(int(pixel_values.shape[0]))
+        return original(pixel_values)
+
+    model.encode_images = recording
+    model._encoder_batches = calls
+    return True
+
+
+def test_images_of_different_requests_share_one_vision_batch(llm):
+    llm.apply_model(_record_encoder_batches)
+    prompts = [
+        {"prompt": "<image> a?", "multi_modal_data": {"image": noise(30, 20, seed=1)}},
+        {"prompt": "<image> <image> b?", "multi_modal_data": {"image": [noise(8, 40, seed=2), noise(64, 64, seed=3)]}},
+        {"prompt": "<image> c?", "multi_modal_data": {"image": noise(33, 31, seed=4)}},
+    ]
+    llm.generate(prompts, SamplingParams(max_tokens=2), use_tqdm=False)
+    batches = llm.apply_model(lambda model: list(model._encoder_batches))[0]
+    assert sum(batches) == 4
+    assert max(batches) > 2  # more images than any single request holds: batched across requests
