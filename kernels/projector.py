@@ -1,14 +1,21 @@
 """The LLaVA projector: vision features -> language-model embeddings.
 
-``run_projector`` is the one entry point the model calls. Shapes: ``x`` is
-``(tokens, vision_hidden)``; ``w1`` is ``(text_hidden, vision_hidden)``; ``w2`` is
-``(text_hidden, text_hidden)`` or ``None`` for a single linear layer.
+``prepare_projector`` is the one entry point the model calls, once after its
+weights are loaded: it picks the backend for the weights' device and dtype and
+prepares the weights for it (oneDNN's blocked layout on CPU). The returned
+callable maps ``(tokens, vision_hidden)`` to ``(tokens, text_hidden)``.
+
+Shapes: ``w1`` is ``(text_hidden, vision_hidden)``; ``w2`` is
+``(text_hidden, text_hidden)``, or ``None`` for a single linear layer.
 """
+
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import forced_backend
+from kernels.dispatch import choose_backend
 
 # Activation names as they appear in configs -> the GELU form they mean.
 GELU_FORMS = {
@@ -17,6 +24,8 @@ GELU_FORMS = {
     "gelu_new": "tanh",
     "gelu_fast": "tanh",
 }
+
+ProjectorFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def gelu_form(act: str) -> str:
@@ -44,14 +53,27 @@ def projector_reference(
     return F.linear(h, w2, b2)
 
 
-def run_projector(
-    x: torch.Tensor,
+def prepare_projector(
     w1: torch.Tensor,
     b1: torch.Tensor | None,
     w2: torch.Tensor | None,
     b2: torch.Tensor | None,
     act: str = "gelu",
-) -> torch.Tensor:
-    """Dispatch: the reference is the only path until fused kernels land."""
-    forced_backend()  # validates LLAVA_KERNELS even while only one path exists
-    return projector_reference(x, w1, b1, w2, b2, act)
+) -> ProjectorFn:
+    """Choose the backend once and return ``x -> projector(x)``."""
+    gelu = gelu_form(act)
+    from kernels.cpu_projector import PackedCpuProjector, cpu_fused_available
+
+    backend = choose_backend(w1.device, cpu_fused_available(w1.dtype))
+    if backend == "fused":
+        return PackedCpuProjector.pack(w1, b1, w2, b2, gelu)
+    if backend == "triton":
+        from kernels.triton_projector import projector_triton
+
+        return partial(projector_triton, w1=w1, b1=b1, w2=w2, b2=b2, gelu=gelu)
+    return partial(projector_reference, w1=w1, b1=b1, w2=w2, b2=b2, act=act)
+
+
+def run_projector(x, w1, b1, w2, b2, act: str = "gelu") -> torch.Tensor:
+    """One-off call (tests, benchmarks): prepare and apply."""
+    return prepare_projector(w1, b1, w2, b2, act)(x)

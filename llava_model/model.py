@@ -148,6 +148,7 @@ class LlavaForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP, S
             raise IncompleteCheckpointError(
                 f"checkpoint left {len(missing)} parameter(s) unfilled: {shown}"
             )
+        self.multi_modal_projector.prepare()
         return loaded
 
     def get_mm_mapping(self) -> MultiModelKeys:

@@ -1,14 +1,14 @@
 """The projector as a vLLM module; the arithmetic lives in ``kernels.run_projector``.
 
 Weights are replicated on every tensor-parallel rank: the projector is small next
-to the language model, and keeping it whole lets one fused kernel run it.
+to the language model, and keeping it whole lets one fused kernel run it. The
+kernel is chosen, and its weights prepacked, once after loading (``prepare``).
 """
 
 import torch
 from torch import nn
 
-from kernels import run_projector
-from kernels.projector import gelu_form
+from kernels.projector import ProjectorFn, gelu_form, prepare_projector
 from llava_model.hf_projector import projector_type_of
 
 
@@ -19,6 +19,7 @@ class LlavaProjector(nn.Module):
         out_features = config.text_config.hidden_size
         bias = bool(getattr(config, "multimodal_projector_bias", True))
         self.act = config.projector_hidden_act or "gelu"
+        self._kernel: ProjectorFn | None = None
         if self.kind == "identity":
             if in_features != out_features:
                 raise ValueError(
@@ -30,18 +31,24 @@ class LlavaProjector(nn.Module):
         if self.kind == "mlp2x_gelu":
             self.linear_2 = nn.Linear(out_features, out_features, bias=bias)
 
+    def prepare(self) -> None:
+        """Pick the kernel and prepack the weights; call once the weights are loaded."""
+        if self.kind == "identity":
+            return
+        second = getattr(self, "linear_2", None)
+        self._kernel = prepare_projector(
+            self.linear_1.weight.data,
+            None if self.linear_1.bias is None else self.linear_1.bias.data,
+            None if second is None else second.weight.data,
+            None if second is None or second.bias is None else second.bias.data,
+            self.act,
+        )
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.kind == "identity":
             return features
+        if self._kernel is None:
+            self.prepare()
         shape = features.shape
-        x = features.reshape(-1, shape[-1])  # (B * T, D_vision)
-        second = getattr(self, "linear_2", None)
-        out = run_projector(
-            x,
-            self.linear_1.weight,
-            self.linear_1.bias,
-            None if second is None else second.weight,
-            None if second is None else second.bias,
-            self.act,
-        )
+        out = self._kernel(features.reshape(-1, shape[-1]))  # (B * T, D_vision) -> (B * T, D_text)
         return out.reshape(*shape[:-1], out.shape[-1])

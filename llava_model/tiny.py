@@ -42,6 +42,7 @@ class TinyLlavaSpec:
     vision_feature_layer: int | tuple[int, ...] = -2
     vision_feature_select_strategy: str = "default"
     aspect_mode: str = "pad"
+    resampler: str = "torch"  # torch | pil (see llava_model.image_processing)
     init_std: float = 0.08
     seed: int = 0
 
@@ -144,12 +145,10 @@ def build_tiny_hf_model(spec: TinyLlavaSpec):
     return model, tokenizer
 
 
-def write_processor_files(out_dir: Path, spec: TinyLlavaSpec) -> None:
-    import json
-
+def preprocessor_config(spec: TinyLlavaSpec) -> dict:
     from llava_model.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-    preprocessor = {
+    return {
         "image_processor_type": "LlavaImageProcessor" if spec.aspect_mode == "pad" else "CLIPImageProcessor",
         "do_pad": spec.aspect_mode == "pad",
         "image_aspect_ratio": spec.aspect_mode,
@@ -164,8 +163,14 @@ def write_processor_files(out_dir: Path, spec: TinyLlavaSpec) -> None:
         "image_mean": list(OPENAI_CLIP_MEAN),
         "image_std": list(OPENAI_CLIP_STD),
         "resample": 3,
+        "resampler": spec.resampler,
     }
-    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+
+
+def write_processor_files(out_dir: Path, spec: TinyLlavaSpec) -> None:
+    import json
+
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(spec), indent=2))
 
 
 def build_tiny_llava(out_dir: str | Path, spec: TinyLlavaSpec = TinyLlavaSpec()):

@@ -6,9 +6,21 @@ from llava_model.vision import num_image_tokens
 
 
 def hf_pixel_values(images, spec):
+    """transformers' own processor for PIL resampling; else the checkpoint's settings.
+
+    Our torch resampler is within two grey levels of transformers (tested on its own
+    in test_image_processing), which could flip a greedy token of a random model, so
+    model parity then feeds both sides the same pixels.
+    """
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
+    from llava_model.image_processing import ImageProcessingConfig, preprocess_images
+    from llava_model.tiny import preprocessor_config
+
+    if spec.resampler != "pil":
+        cfg = ImageProcessingConfig.from_hf_dict(preprocessor_config(spec), spec.image_size)
+        return preprocess_images(images, cfg)
     side = spec.image_size
     kwargs = dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     if spec.aspect_mode == "pad":

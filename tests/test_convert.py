@@ -11,7 +11,7 @@ from llava_model.tiny import TinyLlavaSpec, build_tokenizer
 from tests.images import photo_like
 from tests.reference import hf_greedy
 
-SPEC = TinyLlavaSpec(image_size=32, patch_size=8, aspect_mode="pad")
+SPEC = TinyLlavaSpec(image_size=32, patch_size=8, aspect_mode="pad", resampler="torch")
 ORIGINAL_SPECIALS = ["<unk>", "<s>", "</s>"]  # no <image>, no <pad>: as Vicuna ships
 
 

@@ -19,7 +19,7 @@ PROMPT_2 = "USER: <image>\n<image>\nHow many objects are there in both? ASSISTAN
 PROMPT_TEXT = "USER: Describe a red circle. ASSISTANT:"
 
 CASES = {
-    "mlp2x-layer-2-default-llama-pad": (TinyLlavaSpec(), "hub"),
+    "mlp2x-layer-2-default-llama-pad": (TinyLlavaSpec(resampler="pil"), "hub"),
     "linear-layer-1-full-llama-crop": (
         TinyLlavaSpec(
             projector_type="linear",
