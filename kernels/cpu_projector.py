@@ -13,11 +13,18 @@ import torch
 
 
 def cpu_fused_available(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can run the projector in ``dtype`` on this CPU."""
     if not torch.backends.mkldnn.is_available():
         return False
     if dtype == torch.bfloat16:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return dtype == torch.float32
+
+
+def cpu_fused_preferred(dtype: torch.dtype) -> bool:
+    """Whether ``auto`` should pick it: bf16 only. In fp32 it measured no faster than
+    eager at LLaVA shapes and slower at small ones (benchmarks/kernels/projector.py)."""
+    return dtype == torch.bfloat16 and cpu_fused_available(dtype)
 
 
 @dataclass

@@ -28,13 +28,17 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def choose_backend(device: torch.device, fused_ok: bool) -> str:
-    """Pick a backend for tensors on ``device``; ``fused_ok``: the CPU path fits."""
+def choose_backend(device: torch.device, fused_ok: bool, fused_preferred: bool | None = None) -> str:
+    """Pick a backend for tensors on ``device``.
+
+    ``fused_ok``: the CPU path can run these tensors; ``fused_preferred`` (default:
+    ``fused_ok``): ``auto`` should pick it.
+    """
     choice = forced_backend()
     if choice == "auto":
         if device.type == "cuda" and triton_usable(device):
             return "triton"
-        if device.type == "cpu" and fused_ok:
+        if device.type == "cpu" and (fused_ok if fused_preferred is None else fused_preferred):
             return "fused"
         return "reference"
     if choice == "triton" and not triton_usable(device):

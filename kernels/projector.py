@@ -62,9 +62,9 @@ def prepare_projector(
 ) -> ProjectorFn:
     """Choose the backend once and return ``x -> projector(x)``."""
     gelu = gelu_form(act)
-    from kernels.cpu_projector import PackedCpuProjector, cpu_fused_available
+    from kernels.cpu_projector import PackedCpuProjector, cpu_fused_available, cpu_fused_preferred
 
-    backend = choose_backend(w1.device, cpu_fused_available(w1.dtype))
+    backend = choose_backend(w1.device, cpu_fused_available(w1.dtype), cpu_fused_preferred(w1.dtype))
     if backend == "fused":
         return PackedCpuProjector.pack(w1, b1, w2, b2, gelu)
     if backend == "triton":

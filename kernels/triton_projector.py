@@ -18,11 +18,15 @@ ACT_NONE, ACT_GELU_ERF, ACT_GELU_TANH = 0, 1, 2
 _ACT_CODES = {"none": ACT_GELU_ERF, "tanh": ACT_GELU_TANH}
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# LLAVA_TRITON_AUTOTUNE=0 uses one configuration (fast start-up, e.g. for tests).
+_AUTOTUNE = os.environ.get("LLAVA_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _configs() -> list[triton.Config]:
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})]
+    if not _AUTOTUNE:
+        return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8)]
     shapes = [
         # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): large tiles for Hopper's wgmma,
         # mid tiles that also suit Ampere, and thin-M tiles for few tokens.

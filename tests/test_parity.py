@@ -4,6 +4,8 @@ Each case is one tiny random checkpoint (fp32), saved in one of the checkpoint
 layouts, and exercises a projector / feature-layer / strategy / LLM combination.
 """
 
+import os
+
 import pytest
 from vllm import SamplingParams
 
@@ -38,7 +40,10 @@ CASES = {
         TinyLlavaSpec(text_arch="mistral", projector_type="identity", vision_hidden=128, seed=3),
         "hub",
     ),
+    # auto picks the reference projector in fp32; force the fused oneDNN path here.
+    "mlp2x-fused-cpu-kernels": (TinyLlavaSpec(seed=4), "hub"),
 }
+KERNELS = {"mlp2x-fused-cpu-kernels": "fused"}
 
 
 def _resave(model, out, layout: str) -> None:
@@ -64,7 +69,15 @@ def case(request, tmp_path_factory):
     _resave(model, out, layout)
     from llava_model.tiny import build_tokenizer
 
-    llm = make_llm(out)
+    previous = os.environ.get("LLAVA_KERNELS")
+    os.environ["LLAVA_KERNELS"] = KERNELS.get(request.param, "auto")
+    try:
+        llm = make_llm(out)  # the projector picks its kernel while loading
+    finally:
+        os.environ.pop("LLAVA_KERNELS") if previous is None else os.environ.update(LLAVA_KERNELS=previous)
+    if request.param in KERNELS:
+        kinds = llm.apply_model(lambda model: type(model.multi_modal_projector._kernel).__name__)
+        assert kinds == ["PackedCpuProjector"]
     yield spec, model, build_tokenizer(), llm, out
     close_llm(llm)
 

@@ -10,6 +10,8 @@ against unfused eager, and achieved TFLOP/s; ``--json`` writes all numbers.
 
 import argparse
 import json
+import os
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,20 @@ from benchmarks.kernels.timing import interleaved_medians, table
 from kernels.projector import prepare_projector
 
 SHAPES = {"tiny": (64, 128), "small": (768, 1024), "llava-1.5-7b": (1024, 4096)}
+
+
+@contextmanager
+def forced_kernels(backend: str):
+    """Measure our fused path even where ``auto`` would not pick it (fp32 on CPU)."""
+    old = os.environ.get("LLAVA_KERNELS")
+    os.environ["LLAVA_KERNELS"] = backend
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LLAVA_KERNELS")
+        else:
+            os.environ["LLAVA_KERNELS"] = old
 
 
 def unfused(x, w1, b1, w2, b2):
@@ -35,13 +51,16 @@ def bf16_ceiling(device: str) -> float:
 def run(device: str, dtypes: list[torch.dtype], token_counts: dict[str, list[int]], rounds: int) -> list[dict]:
     rows = []
     for shape_name, (d_in, d_out) in SHAPES.items():
+        if shape_name not in token_counts:
+            continue
         for dtype in dtypes:
             g = torch.Generator().manual_seed(0)
             w1 = (torch.randn(d_out, d_in, generator=g) / d_in**0.5).to(device, dtype)
             b1 = (torch.randn(d_out, generator=g) * 0.1).to(device, dtype)
             w2 = (torch.randn(d_out, d_out, generator=g) / d_out**0.5).to(device, dtype)
             b2 = (torch.randn(d_out, generator=g) * 0.1).to(device, dtype)
-            fused = prepare_projector(w1, b1, w2, b2, "gelu")
+            with forced_kernels("fused" if device == "cpu" else "triton"):
+                fused = prepare_projector(w1, b1, w2, b2, "gelu")
             compiled = torch.compile(unfused, dynamic=False)
             for tokens in token_counts[shape_name]:
                 x = torch.randn(tokens, d_in, generator=g).to(device, dtype)
@@ -70,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", help="write all rows here")
+    parser.add_argument("--dtype", action="append", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--shape", action="append", choices=list(SHAPES))
     args = parser.parse_args(argv)
     big = [576, 4 * 576, 16 * 576]
     counts = {"tiny": [1, 83, 576], "small": [196, 576], "llava-1.5-7b": big}
@@ -77,7 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         dtypes = [torch.bfloat16, torch.float32]
     else:
         dtypes = [torch.bfloat16, torch.float16]
-        counts["llava-1.5-7b"] = [1, 83, *big, 64 * 576]
+        counts["llava-1.5-7b"] = [1, 83, *big]
+    if args.dtype:
+        dtypes = [getattr(torch, d) for d in args.dtype]
+    if args.shape:
+        counts = {k: v for k, v in counts.items() if k in args.shape}
     ceiling = bf16_ceiling(args.device)
     rows = run(args.device, dtypes, counts, args.rounds)
     print(f"device: {args.device}; measured bf16 matmul ceiling: {ceiling:.1f} TFLOP/s")
