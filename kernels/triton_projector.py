@@ -31,7 +31,9 @@ def _configs() -> list[triton.Config]:
         # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): large tiles for Hopper's wgmma,
         # mid tiles that also suit Ampere, and thin-M tiles for few tokens.
         (128, 256, 64, 3, 8),
+        (128, 256, 64, 4, 8),
         (256, 128, 64, 3, 8),
+        (256, 128, 64, 4, 8),
         (128, 128, 64, 4, 4),
         (128, 128, 64, 3, 8),
         (64, 256, 64, 4, 4),
@@ -131,8 +133,12 @@ def linear_act(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, gelu: s
     return y
 
 
-def projector_triton(x, *, w1, b1, w2, b2, gelu: str) -> torch.Tensor:
+def projector_triton(x, *, w1, b1, w2, b2, gelu: str, second: str = "cublas") -> torch.Tensor:
+    """linear_1 (+ GELU in its epilogue) in Triton; linear_2, which has no epilogue
+    to fuse, through cuBLAS by default (``second="triton"`` keeps it in Triton)."""
     h = linear_act(x, w1, b1, gelu if w2 is not None else None)
     if w2 is None:
         return h
-    return linear_act(h, w2, b2, None)
+    if second == "triton":
+        return linear_act(h, w2, b2, None)
+    return torch.nn.functional.linear(h, w2, b2)

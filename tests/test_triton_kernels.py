@@ -38,13 +38,14 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 @pytest.mark.parametrize("tokens", TOKENS)
 @pytest.mark.parametrize("act", ["gelu", "gelu_pytorch_tanh"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_triton_projector_tiny(dtype, tokens, act, bias):
-    if not HAS_CUDA and tokens > 83 and (dtype != torch.float32 or act != "gelu" or not bias):
+@pytest.mark.parametrize("second", ["cublas", "triton"])
+def test_triton_projector_tiny(dtype, tokens, act, bias, second):
+    if not HAS_CUDA and tokens > 83 and (dtype != torch.float32 or act != "gelu" or not bias or second != "triton"):
         pytest.skip("interpreter: large token counts only for one combination, to keep CI fast")
     weights = make_weights(*TINY, dtype, bias=bias, device=DEVICE)
     x = make_input(tokens, TINY[0], dtype, contiguous=tokens % 2 == 1, device=DEVICE)
     out = projector_triton(
-        x, w1=weights[0], b1=weights[1], w2=weights[2], b2=weights[3], gelu=gelu_form(act)
+        x, w1=weights[0], b1=weights[1], w2=weights[2], b2=weights[3], gelu=gelu_form(act), second=second
     )
     assert out.dtype == dtype
     assert rel_err(out, x, weights, act) < TOL[dtype]
@@ -62,11 +63,12 @@ def test_triton_single_linear_and_empty():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("tokens", TOKENS)
-def test_triton_projector_llava_7b_shape(dtype, tokens):
+@pytest.mark.parametrize("second", ["cublas", "triton"])
+def test_triton_projector_llava_7b_shape(dtype, tokens, second):
     weights = make_weights(*LARGE, dtype, device="cuda")
     x = make_input(tokens, LARGE[0], dtype, device="cuda")
     out = projector_triton(
-        x, w1=weights[0], b1=weights[1], w2=weights[2], b2=weights[3], gelu="none"
+        x, w1=weights[0], b1=weights[1], w2=weights[2], b2=weights[3], gelu="none", second=second
     )
     assert rel_err(out, x, weights, "gelu") < TOL[dtype]
 

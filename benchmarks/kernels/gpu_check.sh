@@ -9,8 +9,8 @@ mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-LLAVA_TRITON_AUTOTUNE=0 timeout 200 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
-    tests/test_triton_kernels.py tests/test_kernels.py -k "not under_interpreter" 2>&1 | tee "$OUT/tests.log" | tail -4
+LLAVA_TRITON_AUTOTUNE=0 timeout 180 python3 -m pytest -q -p no:cacheprovider -o addopts="" \
+    tests/test_triton_kernels.py 2>&1 | tee "$OUT/tests.log" | tail -4
 timeout 300 python3 -m benchmarks.kernels.projector --device cuda --dtype bfloat16 --shape llava-1.5-7b \
-    --json "$OUT/projector_cuda.json" 2>&1 | tee "$OUT/projector.log" | grep -v Warning | tail -22
+    --json "$OUT/projector_cuda.json" 2>&1 | tee "$OUT/projector.log" | grep -v Warning | tail -44
 timeout 60 python3 -m benchmarks.kernels.normalize --device cuda 2>&1 | tee "$OUT/normalize.log" | tail -9
