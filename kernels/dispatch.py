@@ -28,15 +28,21 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def choose_backend(device: torch.device, fused_ok: bool, fused_preferred: bool | None = None) -> str:
+def choose_backend(
+    device: torch.device,
+    fused_ok: bool,
+    fused_preferred: bool | None = None,
+    triton_preferred: bool = True,
+) -> str:
     """Pick a backend for tensors on ``device``.
 
     ``fused_ok``: the CPU path can run these tensors; ``fused_preferred`` (default:
-    ``fused_ok``): ``auto`` should pick it.
+    ``fused_ok``): ``auto`` should pick it; ``triton_preferred``: ``auto`` should pick
+    Triton on CUDA (an operation sets it False where its Triton kernel measured slower).
     """
     choice = forced_backend()
     if choice == "auto":
-        if device.type == "cuda" and triton_usable(device):
+        if device.type == "cuda" and triton_preferred and triton_usable(device):
             return "triton"
         if device.type == "cpu" and (fused_ok if fused_preferred is None else fused_preferred):
             return "fused"

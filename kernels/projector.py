@@ -27,6 +27,9 @@ GELU_FORMS = {
 
 ProjectorFn = Callable[[torch.Tensor], torch.Tensor]
 
+# Whether ``auto`` uses the Triton projector on CUDA; ``LLAVA_KERNELS=triton`` forces it.
+TRITON_PROJECTOR_PREFERRED = False
+
 
 def gelu_form(act: str) -> str:
     try:
@@ -64,7 +67,14 @@ def prepare_projector(
     gelu = gelu_form(act)
     from kernels.cpu_projector import PackedCpuProjector, cpu_fused_available, cpu_fused_preferred
 
-    backend = choose_backend(w1.device, cpu_fused_available(w1.dtype), cpu_fused_preferred(w1.dtype))
+    # On CUDA, auto keeps cuBLAS + a separate GELU: on an H200 it measured 1.10-1.18x
+    # faster than our Triton epilogue-fused GEMM (benchmarks/results/projector_h200.md).
+    backend = choose_backend(
+        w1.device,
+        cpu_fused_available(w1.dtype),
+        fused_preferred=cpu_fused_preferred(w1.dtype),
+        triton_preferred=TRITON_PROJECTOR_PREFERRED,
+    )
     if backend == "fused":
         return PackedCpuProjector.pack(w1, b1, w2, b2, gelu)
     if backend == "triton":

@@ -1,0 +1,1 @@
+"""POST /v1/chat/completions: protocol (request/response models), serving, router."""

@@ -1,0 +1,301 @@
+"""Chat completions over the engine: prompt + images -> sampling -> response or SSE stream."""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.chat.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    ImagePart,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    completion_id,
+    now,
+)
+from server.chat.templates import IMAGE, ChatTemplate
+from server.errors import APIError, bad_request
+
+log = logging.getLogger("server.chat")
+
+
+class ChatService:
+    def __init__(self, *, engine, template: ChatTemplate, images, metrics, limiter, settings, image_tokens: int):
+        self.engine = engine
+        self.template = template
+        self.images = images
+        self.metrics = metrics
+        self.limiter = limiter
+        self.settings = settings
+        self.image_tokens = image_tokens
+        self.tokenizer = engine.llm.get_tokenizer()
+
+    # ---- entry point -------------------------------------------------------------------------
+    async def create(self, req: ChatCompletionRequest, raw: Request):
+        if req.model != self.engine.model_name:
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves {self.engine.model_name!r}",
+                           param="model", code="model_not_found")
+        if self.engine.dead:
+            raise APIError(503, "the engine has stopped; the server cannot serve requests", headers={"Retry-After": "5"})
+        self.limiter.acquire()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.limiter.release()
+
+        try:
+            prompt, prompt_len, n_images = await self._prompt(req)
+            params = self._sampling(req, prompt_len)
+        except BaseException:
+            release()
+            raise
+        self.metrics.images.observe(n_images)
+        rid = completion_id()
+        if req.stream:
+            from starlette.background import BackgroundTask
+
+            stream = self._stream(req, prompt, params, rid, release)
+            return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(release))
+        try:
+            return await self._complete(req, prompt, params, rid, raw)
+        except _Disconnected:
+            from fastapi.responses import Response
+
+            return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
+        finally:
+            release()
+
+    # ---- prompt --------------------------------------------------------------------------------
+    async def _prompt(self, req: ChatCompletionRequest) -> tuple[dict, int, int]:
+        urls = []
+        for i, message in enumerate(req.messages):
+            parts = [message.content] if isinstance(message.content, str) else message.content
+            for part in parts:
+                if isinstance(part, ImagePart):
+                    urls.append(part.image_url.url)
+                elif IMAGE in (part if isinstance(part, str) else part.text):
+                    raise bad_request(f"messages[{i}] text contains {IMAGE!r}; send images as image_url parts",
+                                      param=f"messages[{i}].content")
+        text = self.template.render(req.messages)
+        bos = getattr(self.tokenizer, "bos_token", None)
+        ids = self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+        image_id = self.tokenizer.convert_tokens_to_ids(IMAGE)
+        if ids.count(image_id) != len(urls):
+            raise APIError(500, f"chat template {self.template.name!r} placed {ids.count(image_id)} image "
+                                f"placeholder(s) for {len(urls)} image(s)")
+        images = await self.images.load_all(urls) if urls else []
+        prompt_len = len(ids) + len(urls) * (self.image_tokens - 1)
+        if prompt_len >= self.engine.max_model_len:
+            raise bad_request(
+                f"the prompt is {prompt_len} tokens (images included), the model's limit is "
+                f"{self.engine.max_model_len}", param="messages", code="context_length_exceeded")
+        prompt = {"prompt_token_ids": ids}
+        if images:
+            prompt["multi_modal_data"] = {"image": images}
+        return prompt, prompt_len, len(urls)
+
+    def _sampling(self, req: ChatCompletionRequest, prompt_len: int):
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+
+        room = self.engine.max_model_len - prompt_len
+        max_tokens = req.token_limit or room
+        if max_tokens > room:
+            raise bad_request(
+                f"max_tokens {max_tokens} + prompt {prompt_len} tokens exceeds the model's limit of "
+                f"{self.engine.max_model_len}", param="max_tokens", code="context_length_exceeded")
+        structured = None  # compact JSON: see the engine's structured-outputs settings
+        if req.response_format is not None and req.response_format.type == "json_object":
+            structured = StructuredOutputsParams(json_object=True)
+        elif req.response_format is not None and req.response_format.type == "json_schema":
+            structured = StructuredOutputsParams(json=req.response_format.json_schema.schema_)
+        try:
+            return SamplingParams(
+                n=req.n,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                top_k=-1 if req.top_k in (None, 0) else req.top_k,
+                seed=req.seed,
+                stop=req.stop_list,
+                presence_penalty=req.presence_penalty or 0.0,
+                frequency_penalty=req.frequency_penalty or 0.0,
+                max_tokens=max_tokens,
+                min_tokens=min(req.min_tokens, max_tokens),
+                ignore_eos=req.ignore_eos,
+                logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+                structured_outputs=structured,
+                output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
+            )
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+
+    # ---- generation ----------------------------------------------------------------------------
+    async def _generate(self, prompt, params, rid) -> AsyncIterator:
+        try:
+            async for output in self.engine.llm.generate(prompt, params, rid):
+                yield output
+        except ValueError as exc:  # the engine's own input validation
+            raise bad_request(str(exc)) from None
+
+    async def _complete(self, req, prompt, params, rid, raw: Request) -> JSONResponse:
+        started = time.perf_counter()
+        timing = _Timing(self.metrics, started)
+        finals: dict[int, object] = {}
+        result: dict = {}
+
+        async def consume():
+            async for output in self._generate(prompt, params, rid):
+                timing.tokens_seen(sum(len(o.token_ids) for o in output.outputs))
+                result["prompt_tokens"] = len(output.prompt_token_ids or [])
+                result["metrics"] = output.metrics
+                for choice in output.outputs:
+                    finals[choice.index] = choice
+
+        task = asyncio.create_task(consume())
+        deadline = started + self.settings.request_timeout_s
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.25)
+                if task.done():
+                    break
+                if await raw.is_disconnected():
+                    log.info("client disconnected; aborting %s", rid)
+                    raise _Disconnected()
+                if time.perf_counter() > deadline:
+                    raise APIError(504, f"request timed out after {self.settings.request_timeout_s:g} s")
+            task.result()
+        except BaseException:
+            task.cancel()
+            await self.engine.llm.abort(rid)
+            raise
+        choices = [self._choice(req, finals[i]) for i in sorted(finals)]
+        completion = sum(len(finals[i].token_ids) for i in finals)
+        timing.finish(result.get("prompt_tokens", 0), completion, result.get("metrics"))
+        body = ChatCompletion(
+            id=rid, created=now(), model=self.engine.model_name, choices=choices,
+            usage=Usage(prompt_tokens=result.get("prompt_tokens", 0), completion_tokens=completion,
+                        total_tokens=result.get("prompt_tokens", 0) + completion),
+        )
+        return JSONResponse(body.model_dump(exclude_none=False))
+
+    def _choice(self, req, output) -> Choice:
+        logprobs = self._logprobs(req, output.token_ids, output.logprobs) if req.logprobs else None
+        return Choice(index=output.index, message=AssistantMessage(content=output.text),
+                      logprobs=logprobs, finish_reason=_finish(output))
+
+    def _logprobs(self, req, token_ids, entries) -> ChoiceLogprobs:
+        content = []
+        for token_id, entry in zip(token_ids, entries or []):
+            chosen = entry.get(token_id)
+            ranked = sorted(entry.items(), key=lambda kv: -kv[1].logprob)[: req.top_logprobs or 0]
+            content.append(TokenLogprob(
+                token=self._token_text(token_id, chosen),
+                logprob=max(chosen.logprob, -9999.0) if chosen else -9999.0,
+                bytes=list(self._token_text(token_id, chosen).encode()),
+                top_logprobs=[
+                    TopLogprob(token=self._token_text(t, lp), logprob=max(lp.logprob, -9999.0),
+                               bytes=list(self._token_text(t, lp).encode()))
+                    for t, lp in ranked
+                ],
+            ))
+        return ChoiceLogprobs(content=content)
+
+    def _token_text(self, token_id: int, logprob) -> str:
+        if logprob is not None and logprob.decoded_token is not None:
+            return logprob.decoded_token
+        return self.tokenizer.decode([token_id])
+
+    async def _stream(self, req, prompt, params, rid, release: Callable[[], None]) -> AsyncIterator[str]:
+        started = time.perf_counter()
+        timing = _Timing(self.metrics, started)
+        created, model = now(), self.engine.model_name
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        prompt_tokens, completion = 0, 0
+        metrics = None
+
+        def chunk(choices, usage=None) -> str:
+            body = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
+            return f"data: {json.dumps(body.model_dump(exclude_none=True))}\n\n"
+
+        try:
+            yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content="")) for i in range(req.n)])
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                async for output in self._generate(prompt, params, rid):
+                    prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
+                    metrics = output.metrics or metrics
+                    choices = []
+                    for o in output.outputs:
+                        completion += len(o.token_ids)
+                        timing.tokens_seen(len(o.token_ids))
+                        logprobs = self._logprobs(req, o.token_ids, o.logprobs) if req.logprobs else None
+                        if o.text or o.finish_reason or logprobs:
+                            choices.append(ChunkChoice(index=o.index, delta=Delta(content=o.text or None),
+                                                       logprobs=logprobs, finish_reason=_finish(o)))
+                    if choices:
+                        yield chunk(choices)
+            timing.finish(prompt_tokens, completion, metrics)
+            if include_usage:
+                yield chunk([], Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
+                                      total_tokens=prompt_tokens + completion))
+        except TimeoutError:
+            await self.engine.llm.abort(rid)
+            error = APIError(504, f"request timed out after {self.settings.request_timeout_s:g} s")
+            yield f"data: {json.dumps(error.body())}\n\n"
+        except APIError as exc:
+            yield f"data: {json.dumps(exc.body())}\n\n"
+        except BaseException:  # client gone (cancelled) or engine failure: free the KV cache
+            await self.engine.llm.abort(rid)
+            raise
+        finally:
+            release()
+        yield "data: [DONE]\n\n"
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _finish(output) -> str | None:
+    reason = output.finish_reason
+    if reason is None:
+        return None
+    return "length" if reason == "length" else "stop"
+
+
+class _Timing:
+    """TTFT, TPOT, end-to-end latency, queue time and token counters for one request."""
+
+    def __init__(self, metrics, started: float):
+        self.metrics = metrics
+        self.started = started
+        self.first: float | None = None
+
+    def tokens_seen(self, count: int) -> None:
+        if count and self.first is None:
+            self.first = time.perf_counter()
+            self.metrics.ttft.observe(self.first - self.started)
+
+    def finish(self, prompt_tokens: int, completion_tokens: int, stats) -> None:
+        end = time.perf_counter()
+        self.metrics.e2e.observe(end - self.started)
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.generation_tokens.inc(completion_tokens)
+        if self.first is not None and completion_tokens > 1:
+            self.metrics.tpot.observe((end - self.first) / (completion_tokens - 1))
+        queued, scheduled = getattr(stats, "queued_ts", 0.0), getattr(stats, "scheduled_ts", 0.0)
+        if queued and scheduled and scheduled >= queued:
+            self.metrics.queue.observe(scheduled - queued)

@@ -1,0 +1,135 @@
+"""Chat templates: messages -> prompt text with one ``<image>`` where each image stands.
+
+Built-in LLaVA formats (``vicuna_v1`` for LLaVA v1/1.5, ``mistral_instruct`` for
+LLaVA-NeXT-Mistral, ``chatml`` for Qwen-based models) are plain Python; a checkpoint's
+own Jinja template (``tokenizer.chat_template``) or a Jinja file given by flag is
+rendered in a sandbox with HF-style content lists (``{"type": "image"}`` entries).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.chat.protocol import ImagePart, Message
+
+IMAGE = "<image>"
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # user | assistant
+    text: str  # with IMAGE where each image part stood
+
+
+def _text(message: Message) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    return "\n".join(IMAGE if isinstance(p, ImagePart) else p.text for p in message.content)
+
+
+def split_system(messages: list[Message]) -> tuple[str | None, list[Turn]]:
+    system = [_text(m) for m in messages if m.role in ("system", "developer")]
+    turns = [Turn(m.role, _text(m)) for m in messages if m.role in ("user", "assistant")]
+    return ("\n".join(system) if system else None), turns
+
+
+def vicuna_v1(system: str | None, turns: list[Turn]) -> str:
+    out = (system if system is not None else VICUNA_SYSTEM) + " "
+    for turn in turns:
+        out += f"USER: {turn.text} " if turn.role == "user" else f"ASSISTANT: {turn.text}</s>"
+    return out + "ASSISTANT:"
+
+
+def mistral_instruct(system: str | None, turns: list[Turn]) -> str:
+    out = ""
+    for i, turn in enumerate(turns):
+        if turn.role == "user":
+            text = f"{system}\n\n{turn.text}" if system and i == 0 else turn.text
+            out += f"[INST] {text} [/INST]"
+        else:
+            out += f" {turn.text}</s>"
+    return out
+
+
+def chatml(system: str | None, turns: list[Turn]) -> str:
+    out = f"<|im_start|>system\n{system or 'You are a helpful assistant.'}<|im_end|>\n"
+    for turn in turns:
+        out += f"<|im_start|>{turn.role}\n{turn.text}<|im_end|>\n"
+    return out + "<|im_start|>assistant\n"
+
+
+BUILTIN: dict[str, Callable[[str | None, list[Turn]], str]] = {
+    "vicuna_v1": vicuna_v1,
+    "mistral_instruct": mistral_instruct,
+    "chatml": chatml,
+}
+DEFAULT_BY_TEXT_MODEL = {"mistral": "mistral_instruct", "mixtral": "mistral_instruct", "qwen2": "chatml"}
+
+
+def hf_messages(messages: list[Message]) -> list[dict]:
+    """Messages as HF chat templates expect them (image parts become ``{"type": "image"}``)."""
+    out = []
+    for m in messages:
+        role = "system" if m.role == "developer" else m.role
+        if isinstance(m.content, str):
+            out.append({"role": role, "content": m.content})
+        else:
+            parts = [
+                {"type": "image"} if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
+                for p in m.content
+            ]
+            out.append({"role": role, "content": parts})
+    return out
+
+
+class ChatTemplate:
+    def __init__(self, name: str, render: Callable[[list[Message]], str]):
+        self.name = name
+        self._render = render
+
+    def render(self, messages: list[Message]) -> str:
+        return self._render(messages)
+
+
+def _jinja(source: str, tokenizer) -> Callable[[list[Message]], str]:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    template = env.from_string(source)
+    specials = {
+        "bos_token": getattr(tokenizer, "bos_token", "") or "",
+        "eos_token": getattr(tokenizer, "eos_token", "") or "",
+    }
+
+    def render(messages: list[Message]) -> str:
+        return template.render(messages=hf_messages(messages), add_generation_prompt=True, **specials)
+
+    return render
+
+
+def choose_template(flag: str | None, tokenizer, text_model_type: str) -> ChatTemplate:
+    """Flag (built-in name or Jinja file) > the checkpoint's own > by LLM family."""
+    if flag:
+        if flag in BUILTIN:
+            return _builtin(flag)
+        path = Path(flag)
+        if not path.is_file():
+            raise ValueError(f"--chat-template {flag!r} is neither a built-in ({', '.join(BUILTIN)}) nor a file")
+        return ChatTemplate(f"file:{path}", _jinja(path.read_text(), tokenizer))
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, str) and own.strip():
+        return ChatTemplate("checkpoint", _jinja(own, tokenizer))
+    return _builtin(DEFAULT_BY_TEXT_MODEL.get(text_model_type, "vicuna_v1"))
+
+
+def _builtin(name: str) -> ChatTemplate:
+    fn = BUILTIN[name]
+
+    def render(messages: list[Message]) -> str:
+        return fn(*split_system(messages))
+
+    return ChatTemplate(name, render)

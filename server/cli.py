@@ -1,0 +1,91 @@
+"""``llava-serve`` / ``python -m server``: flags in the spirit of ``vllm serve``.
+
+Every flag can also come from the environment as ``LLAVA_<FLAG>`` (e.g.
+``LLAVA_MODEL``, ``LLAVA_API_KEY=k1,k2``); flags win. SIGTERM stops accepting
+connections, lets requests in flight finish within ``--shutdown-grace-s``, shuts
+the engine down and exits 0.
+"""
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from server.config import ServerSettings
+from server.engine import ModelMissingError, check_model_dir
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llava-serve", description="OpenAI-compatible server for LLaVA models.")
+    add = p.add_argument
+    add("--model", help="model directory (llava-hf layout); default: the built-in model in models/default")
+    add("--served-model-name")
+    add("--host")
+    add("--port", type=int)
+    add("--api-key", action="append", help="accepted API key (repeatable)")
+    add("--api-key-file", help="file with one API key per line")
+    add("--health-needs-key", action="store_true", default=None)
+    add("--metrics-needs-key", action="store_true", default=None)
+    add("--max-model-len", type=int)
+    add("--max-num-seqs", type=int)
+    add("--kv-cache-gb", type=float)
+    add("--tensor-parallel-size", type=int)
+    add("--pipeline-parallel-size", type=int)
+    add("--dtype")
+    add("--enforce-eager", action="store_true", default=None)
+    add("--chat-template", help="vicuna_v1, mistral_instruct, chatml, or a Jinja file")
+    add("--limit-images-per-prompt", type=int)
+    add("--max-image-bytes", type=int)
+    add("--max-image-pixels", type=int)
+    add("--image-timeout-s", type=float)
+    add("--image-connect-timeout-s", type=float)
+    add("--image-max-redirects", type=int)
+    add("--allowed-image-hosts", action="append", help="host or CIDR allowed even if private (repeatable)")
+    add("--allowed-local-image-dir", help="serve file:// image URLs from below this directory")
+    add("--image-workers", type=int)
+    add("--max-inflight", type=int)
+    add("--request-timeout-s", type=float)
+    add("--shutdown-grace-s", type=float)
+    add("--max-body-bytes", type=int)
+    add("--log-level")
+    return p
+
+
+def settings_from(argv: list[str] | None) -> ServerSettings:
+    args = vars(parser().parse_args(argv))
+    given = {k: v for k, v in args.items() if v is not None}
+    return ServerSettings(**given)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = settings_from(argv)
+        check_model_dir(settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        sys.exit(f"llava-serve: error: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+    except ModelMissingError as exc:
+        sys.exit(f"llava-serve: error: {exc}")
+
+    import uvicorn
+
+    from server.app import build_app
+    from server.ops.middleware import configure_logging
+
+    configure_logging(settings.log_level)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys():
+        logging.getLogger("server").warning("listening on %s without an API key", settings.host)
+    config = uvicorn.Config(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

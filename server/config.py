@@ -1,0 +1,79 @@
+"""Server settings: one pydantic-settings class; every field also reads ``LLAVA_<NAME>``.
+
+Command-line flags (``server.cli``) override the environment. Defaults are the safe
+ones: loopback only, private image destinations refused, no local files.
+"""
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path("models/default")
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLAVA_", extra="ignore", protected_namespaces=())
+
+    # model and engine
+    model: Path | None = None  # None: the built-in default model (models/default)
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    kv_cache_gb: float = 2.0
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    enforce_eager: bool = False
+    chat_template: str | None = None  # a built-in name or a Jinja file
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: list[str] = Field(default_factory=list)
+    api_key_file: Path | None = None
+    health_needs_key: bool = False
+    metrics_needs_key: bool = False
+    max_inflight: int = 128  # beyond it: 429 with Retry-After
+    request_timeout_s: float = 600.0
+    shutdown_grace_s: float = 30.0
+    max_body_bytes: int = 64 * 2**20
+    log_level: str = "info"
+
+    # images
+    limit_images_per_prompt: int = 4
+    max_image_bytes: int = 20 * 2**20
+    max_image_pixels: int = 40_000_000
+    image_connect_timeout_s: float = 5.0
+    image_timeout_s: float = 20.0
+    image_max_redirects: int = 3
+    allowed_image_hosts: list[str] = Field(default_factory=list)  # hosts / CIDRs allowed even if private
+    allowed_local_image_dir: Path | None = None  # file:// URLs only below this directory
+    image_workers: int = 2
+
+    @field_validator("api_key", "allowed_image_hosts", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError(f"log level {value!r} is not one of debug, info, warning, error, critical")
+        return value
+
+    def model_dir(self) -> Path:
+        return self.model if self.model is not None else DEFAULT_MODEL_DIR
+
+    def model_name(self) -> str:
+        return self.served_model_name or self.model_dir().name
+
+    def api_keys(self) -> list[str]:
+        keys = list(self.api_key)
+        if self.api_key_file is not None:
+            keys += [line.strip() for line in self.api_key_file.read_text().splitlines() if line.strip()]
+        return keys

@@ -1,0 +1,335 @@
+"""The real server over HTTP: the openai SDK and raw requests against a tiny model."""
+
+import base64
+import concurrent.futures
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
+from tests.images import noise, photo_like
+from tests.server_proc import image_server, png, running_server
+
+KEY = "test-key"
+MODEL = "tiny-llava"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    build_tiny_llava(root / "model", TinyLlavaSpec())
+    local = root / "local-images"
+    local.mkdir()
+    (local / "pic.png").write_bytes(png(photo_like(30, 50, seed=9)))
+    with image_server() as images:
+        with running_server(
+            root / "model",
+            "--served-model-name", MODEL, "--api-key", KEY,
+            "--allowed-image-hosts", "127.0.0.1", "--allowed-local-image-dir", str(local),
+            "--max-inflight", "2", "--max-body-bytes", "2000000", "--max-image-bytes", "300000",
+            "--max-image-pixels", "4000000", "--image-timeout-s", "1.5", "--limit-images-per-prompt", "3",
+            log_path=root / "server.log",
+        ) as (base, proc):
+            yield {"base": base, "images": images, "local": local, "proc": proc, "root": root}
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return openai.OpenAI(base_url=stack["base"] + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def data_url(image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png(image)).decode()
+
+
+def user(text: str, *urls: str) -> dict:
+    parts = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def post(stack, body: dict, key: str | None = KEY, timeout: float = 120, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update(kwargs.pop("headers", {}))
+    return httpx.post(stack["base"] + "/v1/chat/completions", json=body, headers=headers, timeout=timeout, **kwargs)
+
+
+def metrics(stack) -> dict[str, float]:
+    text = httpx.get(stack["base"] + "/metrics", timeout=10).text
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.name + (json.dumps(sample.labels, sort_keys=True) if sample.labels else "")
+            values[key] = sample.value
+    return values
+
+
+# ---- the happy paths, through the openai SDK ----------------------------------------------
+
+
+def test_non_streaming_with_image(client):
+    out = client.chat.completions.create(
+        model=MODEL, messages=[user("What is in the image?", data_url(photo_like(64, 48)))],
+        max_tokens=8, temperature=0,
+    )
+    assert out.id.startswith("chatcmpl-") and out.created > 0 and out.model == MODEL
+    assert out.choices[0].finish_reason == "length" and out.choices[0].message.role == "assistant"
+    assert out.usage.completion_tokens == 8
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 8
+    assert out.usage.prompt_tokens > 16  # 16 image tokens for the tiny tower plus the text
+
+
+def test_streaming_matches_non_streaming(client):
+    messages = [user("Describe it.", data_url(noise(40, 40, seed=2)))]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+    pieces, usage, finish = [], None, None
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert finish == "length" and usage.completion_tokens == 12
+    assert usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_multi_image_and_multi_turn(client, stack):
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        user("Compare these.", data_url(photo_like(20, 30)), stack["images"] + "/img.png"),
+        {"role": "assistant", "content": "They differ."},
+        user("And this one?", "file://" + str(stack["local"] / "pic.png")),
+    ]
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=0)
+    assert out.usage.completion_tokens == 4
+    assert out.usage.prompt_tokens >= 3 * 16 + 20  # three images of 16 tokens each, plus the text
+
+
+def test_n_choices(client):
+    out = client.chat.completions.create(
+        model=MODEL, messages=[user("Hi")], max_tokens=5, n=2, temperature=1.0, seed=1
+    )
+    assert sorted(c.index for c in out.choices) == [0, 1]
+    assert out.usage.completion_tokens == 10
+
+
+def test_seed_reproducibility(client):
+    def run(seed):
+        return client.chat.completions.create(
+            model=MODEL, messages=[user("Tell me", data_url(noise(30, 30)))], max_tokens=16,
+            temperature=1.0, seed=seed,
+        ).choices[0].message.content
+
+    assert run(1234) == run(1234)
+
+
+def test_stop_string(client):
+    messages = [user("Count", data_url(photo_like(30, 30, seed=7)))]
+    full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+    text = full.choices[0].message.content
+    stop = next((text[i : i + 2] for i in range(3, len(text) - 2) if text[i : i + 2].strip()), None)
+    assert stop, f"no usable stop string in {text!r}"
+    cut = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+
+
+def test_json_schema_output_validates(client):
+    schema = {
+        "type": "object",
+        "properties": {"color": {"type": "string", "enum": ["red", "blue"]}, "big": {"type": "boolean"}},
+        "required": ["color", "big"],
+        "additionalProperties": False,
+    }
+    out = client.chat.completions.create(
+        model=MODEL, messages=[user("Answer in JSON", data_url(photo_like(30, 30)))], max_tokens=40,
+        temperature=0, response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
+    value = json.loads(out.choices[0].message.content)
+    assert set(value) == {"color", "big"} and value["color"] in ("red", "blue") and isinstance(value["big"], bool)
+
+
+def test_logprobs(client):
+    out = client.chat.completions.create(
+        model=MODEL, messages=[user("Hi")], max_tokens=4, temperature=0, logprobs=True, top_logprobs=3
+    )
+    entries = out.choices[0].logprobs.content
+    assert len(entries) == 4
+    for entry in entries:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.logprob == pytest.approx(max(t.logprob for t in entry.top_logprobs))  # greedy
+
+
+def test_models_and_request_id(stack):
+    r = httpx.get(stack["base"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "abc-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1"
+    assert [m["id"] for m in r.json()["data"]] == [MODEL]
+    assert len(httpx.get(stack["base"] + "/health").headers["x-request-id"]) == 32
+
+
+# ---- errors, always in OpenAI's shape -------------------------------------------------------
+
+
+def assert_error(response: httpx.Response, status: int, *fragments: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    for fragment in fragments:
+        assert fragment in error["message"], error["message"]
+    return error
+
+
+def test_auth(stack):
+    body = {"model": MODEL, "messages": [user("hi")]}
+    assert_error(post(stack, body, key=None), 401, "API key")
+    assert_error(post(stack, body, key="wrong"), 401, "API key")
+    assert httpx.get(stack["base"] + "/v1/models").status_code == 401
+    assert httpx.get(stack["base"] + "/health").status_code == 200  # open unless --health-needs-key
+
+
+def test_unknown_model_is_404(stack):
+    assert_error(post(stack, {"model": "gpt-4o", "messages": [user("hi")]}), 404, "gpt-4o")
+
+
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "audio"}]}]}, "audio"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5000}, "limit"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "see <image>"}]}, "image_url parts"),
+    ],
+)
+def test_bad_requests_are_400_with_a_readable_message(stack, body, fragment):
+    error = assert_error(post(stack, body), 400, fragment)
+    assert "pydantic" not in error["message"] and "loc" not in error["message"]
+
+
+def test_unknown_fields_are_ignored(stack):
+    body = {"model": MODEL, "messages": [user("hi")], "max_tokens": 2, "some_future_field": {"x": 1}}
+    assert post(stack, body).status_code == 200
+
+
+def test_body_too_large_is_413(stack):
+    body = {"model": MODEL, "messages": [user("x" * 2_500_000)]}
+    assert_error(post(stack, body), 413, "larger than")
+
+
+@pytest.mark.parametrize(
+    "url,fragment",
+    [
+        ("data:image/png;base64,!!!notbase64", "not valid base64"),
+        ("data:image/png;base64," + base64.b64encode(b"GIF89a not really").decode(), "cannot decode"),
+        ("ftp://example.com/a.png", "unsupported URL scheme"),
+        ("http://169.254.169.254/latest/meta-data", "refused"),
+        ("http://10.1.2.3/a.png", "refused"),
+        ("file:///etc/passwd", "outside the allowed"),
+        ("{images}/big.png", "larger than the limit"),
+        ("{images}/big-stream.png", "larger than the limit"),
+        ("{images}/many-pixels.png", "more than the limit"),
+        ("{images}/loop", "redirects"),
+        ("{images}/slow", "timed out"),
+        ("{images}/missing.png", "HTTP 404"),
+        ("{images}/text", "cannot decode"),
+    ],
+)
+def test_bad_images_are_400_naming_the_image(stack, url, fragment):
+    url = url.format(images=stack["images"])
+    body = {"model": MODEL, "messages": [user("look", data_url(noise(8, 8)), url)], "max_tokens": 2}
+    error = assert_error(post(stack, body), 400, "image 2", fragment)
+    assert error["code"] == "invalid_image"
+
+
+def test_redirect_is_followed(stack):
+    body = {"model": MODEL, "messages": [user("look", stack["images"] + "/redirect")], "max_tokens": 2}
+    assert post(stack, body).status_code == 200
+
+
+def test_too_many_images(stack):
+    url = data_url(noise(8, 8))
+    error = assert_error(post(stack, {"model": MODEL, "messages": [user("x", url, url, url, url)]}), 400, "at most 3")
+    assert error["code"] == "too_many_images"
+
+
+def test_overload_is_429_with_retry_after(stack):
+    body = {"model": MODEL, "messages": [user("go", data_url(noise(16, 16)))], "max_tokens": 300,
+            "temperature": 0}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda _: post(stack, body), range(6)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 2 and 429 in codes, codes
+    limited = next(r for r in responses if r.status_code == 429)
+    assert limited.headers["retry-after"] == "1"
+    assert_error(limited, 429, "limit")
+
+
+# ---- disconnects free the engine --------------------------------------------------------------
+
+
+def _running(stack) -> float:
+    return metrics(stack)["llava_engine_requests_running"]
+
+
+def _wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_streaming_disconnect_aborts(stack):
+    body = {"model": MODEL, "messages": [user("long", data_url(noise(16, 16)))], "max_tokens": 900,
+            "min_tokens": 900, "temperature": 0, "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", stack["base"] + "/v1/chat/completions", json=body, headers=headers) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data:")
+            assert _wait_for(lambda: _running(stack) == 1, 10)
+        # leaving the block closes the connection mid-stream
+    assert _wait_for(lambda: _running(stack) == 0), "engine kept generating after the client left"
+    assert metrics(stack)["llava_requests_in_flight"] == 0
+
+
+def test_non_streaming_disconnect_aborts(stack):
+    body = {"model": MODEL, "messages": [user("long", data_url(noise(16, 16)))], "max_tokens": 900,
+            "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        post(stack, body, timeout=1.0)
+    assert _wait_for(lambda: _running(stack) == 0), "engine kept generating after the client left"
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_move_after_requests(stack, client):
+    before = metrics(stack)
+    client.chat.completions.create(
+        model=MODEL, messages=[user("count", data_url(noise(20, 20)), data_url(noise(21, 20)))], max_tokens=6,
+        temperature=0,
+    )
+    after = metrics(stack)
+    ok = 'llava_requests_total{"endpoint": "/v1/chat/completions", "status": "200"}'
+    assert after[ok] == before.get(ok, 0) + 1
+    assert after["llava_generation_tokens_total"] == before["llava_generation_tokens_total"] + 6
+    assert after["llava_prompt_tokens_total"] > before["llava_prompt_tokens_total"]
+    assert after["llava_images_per_request_sum"] == before["llava_images_per_request_sum"] + 2
+    assert after["llava_time_to_first_token_seconds_count"] == before["llava_time_to_first_token_seconds_count"] + 1
+    assert after["llava_image_preprocess_seconds_count"] == before["llava_image_preprocess_seconds_count"] + 2
+    for name in ("llava_e2e_request_latency_seconds_count", "llava_time_per_output_token_seconds_count",
+                 "llava_image_fetch_seconds_count", "llava_kv_cache_usage_ratio", "llava_engine_requests_waiting"):
+        assert name in after
+    assert any(k.startswith("vllm:") for k in after)  # vLLM's own engine metrics ride along
