@@ -20,9 +20,12 @@ COPY train ./train
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" ".[${EXTRAS}]" \
  && if [ "${EXTRAS}" = "cpu" ]; then pip uninstall -y torchvision torchaudio torchcodec; fi
 
-# Mount a model directory (llava-hf layout) at /models/model.
-ENV MODEL=/models/model \
-    VLLM_CPU_KVCACHE_SPACE=4
+# Mount a model directory (llava-hf layout) at /models/model; every flag of
+# llava-serve can also be set as LLAVA_<FLAG> (e.g. -e LLAVA_API_KEY=secret).
+ENV LLAVA_MODEL=/models/model \
+    LLAVA_HOST=0.0.0.0 \
+    LLAVA_PORT=8000 \
+    LLAVA_KV_CACHE_GB=4
 EXPOSE 8000
-# Until our own server lands, vLLM's OpenAI server runs our model through the plugin.
-CMD ["sh", "-c", "exec python -m vllm.entrypoints.openai.api_server --model \"$MODEL\" --host 0.0.0.0 --port 8000"]
+STOPSIGNAL SIGTERM
+CMD ["llava-serve"]

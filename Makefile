@@ -1,4 +1,4 @@
-# Two commands: `make demo` (set up, build a tiny model, generate) and `make test`.
+# Two commands: `make serve` (set up, serve the model) and `make test` (set up, run the tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,12 @@ EXTRAS ?= cpu,test
 # on a machine whose pip cannot already see torch==2.13.0+cpu.
 PIP_ARGS ?=
 
-.PHONY: install test demo tiny-model clean
+# The model `make serve` serves (empty: the built-in default model in models/default).
+MODEL ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install test serve serve-tiny demo tiny-model clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +26,13 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest
+
+serve: install
+	$(PY) -m server $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT)
+
+serve-tiny: tiny-model
+	$(PY) -m server --model models/tiny --served-model-name tiny --host $(HOST) --port $(PORT) \
+		--max-model-len 1024 --kv-cache-gb 1
 
 models/tiny/config.json: | install
 	$(PY) -m llava_model.tiny --out models/tiny

@@ -16,6 +16,28 @@ from server.config import ServerSettings
 from server.engine import ModelMissingError, check_model_dir
 
 
+def _graceful_server_class():
+    import contextlib
+    import signal
+
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises the signal that stopped it, so the process dies *by* SIGTERM;
+        after a clean drain and engine shutdown we exit 0 instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llava-serve", description="OpenAI-compatible server for LLaVA models.")
     add = p.add_argument
@@ -84,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    uvicorn.Server(config).run()
+    _graceful_server_class()(config).run()
 
 
 if __name__ == "__main__":

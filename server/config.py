@@ -5,9 +5,10 @@ ones: loopback only, private image destinations refused, no local files.
 """
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_DIR = Path("models/default")
 
@@ -30,7 +31,7 @@ class ServerSettings(BaseSettings):
     # HTTP
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: list[str] = Field(default_factory=list)
+    api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)  # env: comma-separated
     api_key_file: Path | None = None
     health_needs_key: bool = False
     metrics_needs_key: bool = False
@@ -47,7 +48,8 @@ class ServerSettings(BaseSettings):
     image_connect_timeout_s: float = 5.0
     image_timeout_s: float = 20.0
     image_max_redirects: int = 3
-    allowed_image_hosts: list[str] = Field(default_factory=list)  # hosts / CIDRs allowed even if private
+    # hosts / CIDRs allowed even if private (env: comma-separated)
+    allowed_image_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_local_image_dir: Path | None = None  # file:// URLs only below this directory
     image_workers: int = 2
 

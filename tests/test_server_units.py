@@ -1,0 +1,126 @@
+"""Server pieces that need no engine: templates, settings, address checks, errors, CLI."""
+
+import ipaddress
+import subprocess
+import sys
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from server.chat.protocol import ChatCompletionRequest, Message
+from server.chat.templates import VICUNA_SYSTEM, choose_template, hf_messages
+from server.cli import settings_from
+from server.config import ServerSettings
+from server.errors import validation_message
+from server.images import _forbidden
+
+
+def msgs(*items) -> list[Message]:
+    return [Message.model_validate(m) for m in items]
+
+
+IMG = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+CONVERSATION = msgs(
+    {"role": "user", "content": [IMG, {"type": "text", "text": "What is it?"}]},
+    {"role": "assistant", "content": "A cat."},
+    {"role": "user", "content": [{"type": "text", "text": "And this?"}, IMG]},
+)
+
+
+class _Tok:
+    chat_template = None
+    bos_token, eos_token = "<s>", "</s>"
+
+
+def test_vicuna_v1_places_images_where_they_stand():
+    text = choose_template("vicuna_v1", _Tok(), "llama").render(CONVERSATION)
+    assert text == (
+        f"{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: And this?\n<image> ASSISTANT:"
+    )
+
+
+def test_system_message_replaces_the_default():
+    text = choose_template("vicuna_v1", _Tok(), "llama").render(
+        msgs({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
+    )
+    assert text == "Be brief. USER: Hi ASSISTANT:"
+
+
+def test_mistral_and_chatml():
+    mistral = choose_template("mistral_instruct", _Tok(), "llama").render(CONVERSATION)
+    assert mistral == "[INST] <image>\nWhat is it? [/INST] A cat.</s>[INST] And this?\n<image> [/INST]"
+    chatml = choose_template("chatml", _Tok(), "llama").render(CONVERSATION[:1])
+    assert chatml == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_template_choice_order(tmp_path):
+    assert choose_template(None, _Tok(), "mistral").name == "mistral_instruct"
+    assert choose_template(None, _Tok(), "qwen2").name == "chatml"
+    assert choose_template(None, _Tok(), "llama").name == "vicuna_v1"
+    own = _Tok()
+    own.chat_template = (
+        "{% for m in messages %}{{ m.role }}:{% if m.content is string %}{{ m.content }}{% else %}"
+        "{% for p in m.content %}{% if p.type == 'image' %}<image>{% else %}{{ p.text }}{% endif %}{% endfor %}"
+        "{% endif %}|{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    checkpoint = choose_template(None, own, "llama")
+    assert checkpoint.name == "checkpoint"
+    assert checkpoint.render(CONVERSATION) == "user:<image>What is it?|assistant:A cat.|user:And this?<image>|assistant:"
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ bos_token }}{{ messages[0].content }}")
+    assert choose_template(str(path), _Tok(), "llama").render(msgs({"role": "user", "content": "x"})) == "<s>x"
+    with pytest.raises(ValueError, match="neither a built-in"):
+        choose_template("nope", _Tok(), "llama")
+
+
+def test_hf_messages():
+    assert hf_messages(CONVERSATION[:1]) == [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
+    ]
+
+
+def test_images_only_in_user_messages():
+    with pytest.raises(ValidationError, match="only accepted in user messages"):
+        Message.model_validate({"role": "assistant", "content": [IMG]})
+
+
+def test_settings_from_environment_and_flags(monkeypatch):
+    monkeypatch.setenv("LLAVA_API_KEY", "k1, k2")
+    monkeypatch.setenv("LLAVA_PORT", "9001")
+    monkeypatch.setenv("LLAVA_MAX_INFLIGHT", "7")
+    settings = settings_from(["--port", "9002"])
+    assert settings.api_keys() == ["k1", "k2"] and settings.port == 9002 and settings.max_inflight == 7
+    with pytest.raises(ValidationError):
+        ServerSettings(log_level="loud")
+
+
+@pytest.mark.parametrize(
+    "address,forbidden",
+    [("10.0.0.1", True), ("127.0.0.1", True), ("169.254.169.254", True), ("192.168.1.1", True),
+     ("::1", True), ("fd00::1", True), ("0.0.0.0", True), ("8.8.8.8", False), ("2606:4700::1111", False)],
+)
+def test_private_destinations(address, forbidden):
+    assert _forbidden(ipaddress.ip_address(address)) is forbidden
+
+
+def test_validation_messages_are_readable():
+    try:
+        ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+        )
+    except ValidationError as exc:
+        message, param = validation_message(RequestValidationError(exc.errors()))
+    assert message.startswith("messages[0].content[0].image_url.url: Field required")
+    assert param == "messages[0].content[0].image_url.url"
+
+
+def test_cli_without_a_model_says_what_to_do(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "server"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(__import__("pathlib").Path(
+                                __file__).resolve().parents[1])})
+    assert result.returncode != 0
+    assert "--model DIR" in result.stderr and "models/default" in result.stderr
