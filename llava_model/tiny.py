@@ -36,6 +36,7 @@ class TinyLlavaSpec:
     vision_hidden: int = 64
     vision_layers: int = 3
     vision_heads: int = 2
+    vision_mlp_ratio: int = 2
     image_size: int = 32
     patch_size: int = 8
     projector_type: str = "mlp2x_gelu"  # mlp2x_gelu | linear | identity
@@ -45,10 +46,28 @@ class TinyLlavaSpec:
     resampler: str = "torch"  # torch | pil (see llava_model.image_processing)
     init_std: float = 0.08
     seed: int = 0
+    tokenizer_vocab: int = 400  # trained size; at most vocab_size
 
 
-def build_tokenizer(out_dir: Path | None = None, special_tokens: list[str] = SPECIAL_TOKENS):
-    """A deterministic byte-level BPE tokenizer with LLaVA's special tokens."""
+def _syllable_words(count: int, seed: int = 0) -> list[str]:
+    """Made-up words, enough distinct ones for a large BPE vocabulary."""
+    import random
+
+    rng = random.Random(seed)
+    consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
+    return [
+        "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(1, 4)))
+        for _ in range(count)
+    ]
+
+
+def build_tokenizer(
+    out_dir: Path | None = None, special_tokens: list[str] = SPECIAL_TOKENS, vocab_size: int = 400
+):
+    """A deterministic byte-level BPE tokenizer with LLaVA's special tokens.
+
+    Larger vocabularies (e.g. 32000, Llama-sized) are trained on made-up words as well.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -56,12 +75,13 @@ def build_tokenizer(out_dir: Path | None = None, special_tokens: list[str] = SPE
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer)
+    corpus = _CORPUS if vocab_size <= 400 else _CORPUS + [" ".join(_syllable_words(vocab_size * 8))]
+    tok.train_from_iterator(corpus, trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
@@ -103,7 +123,7 @@ def tiny_llava_config(spec: TinyLlavaSpec, tokenizer):
 
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
+        intermediate_size=spec.vision_hidden * spec.vision_mlp_ratio,
         num_hidden_layers=spec.vision_layers,
         num_attention_heads=spec.vision_heads,
         image_size=spec.image_size,
@@ -137,7 +157,7 @@ def build_tiny_hf_model(spec: TinyLlavaSpec):
 
     from llava_model.hf_projector import replace_hf_projector
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(vocab_size=spec.tokenizer_vocab)
     config = tiny_llava_config(spec, tokenizer)
     torch.manual_seed(spec.seed)
     model = LlavaForConditionalGeneration(config).eval()

@@ -1,0 +1,78 @@
+"""Serving benchmark report: JSON with every number, a Markdown table, a PNG plot."""
+
+import json
+from pathlib import Path
+
+COLUMNS = ["contender", "mode", "level", "completed", "errors", "req/s", "out tok/s", "TTFT mean", "TTFT p50",
+           "TTFT p99", "TPOT mean", "ITL p99", "E2E p50", "E2E p99"]
+
+
+def _row(run: dict) -> dict:
+    ms = lambda s: f"{s * 1e3:.0f} ms"  # noqa: E731
+    return {
+        "contender": run["contender"], "mode": run["mode"], "level": run["level"], "completed": run["completed"],
+        "errors": run["errors"], "req/s": f"{run['requests_per_s']:.2f}",
+        "out tok/s": f"{run['output_tokens_per_s']:.1f}", "TTFT mean": ms(run["ttft_s"]["mean"]),
+        "TTFT p50": ms(run["ttft_s"]["p50"]), "TTFT p99": ms(run["ttft_s"]["p99"]),
+        "TPOT mean": ms(run["tpot_s"]["mean"]), "ITL p99": ms(run["itl_s"]["p99"]),
+        "E2E p50": ms(run["e2e_s"]["p50"]), "E2E p99": ms(run["e2e_s"]["p99"]),
+    }
+
+
+def ratios(runs: list[dict], level: int = 16) -> dict[str, float]:
+    """The goal ratios at one concurrency: ours vs vLLM's built-in and vs the HF worker."""
+    at = {r["contender"]: r for r in runs if r["mode"] == "concurrency" and r["level"] == level}
+    out = {}
+    if "ours" in at and "vllm" in at and at["vllm"]["requests_per_s"]:
+        out["req/s ours / vllm"] = at["ours"]["requests_per_s"] / at["vllm"]["requests_per_s"]
+        out["p99 TTFT ours / vllm"] = at["ours"]["ttft_s"]["p99"] / max(at["vllm"]["ttft_s"]["p99"], 1e-9)
+    if "ours" in at and "hf" in at and at["hf"]["requests_per_s"]:
+        out["req/s ours / hf"] = at["ours"]["requests_per_s"] / at["hf"]["requests_per_s"]
+    return out
+
+
+def markdown(runs: list[dict], cross_check: dict | None, settings: dict) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" for _ in COLUMNS) + " |"]
+    for run in runs:
+        row = _row(run)
+        lines.append("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
+    text = [f"config `{settings.get('config')}`, images {settings.get('image_size')}, "
+            f"{settings.get('input_words')} words in / {settings.get('output_tokens')} tokens out", "", *lines]
+    found = ratios(runs)
+    if found:
+        text += ["", "At concurrency 16: " + ", ".join(f"{k} = {v:.2f}" for k, v in found.items())]
+    if cross_check:
+        text += ["", "vLLM's benchmark client against ours (concurrency 16): " + json.dumps(cross_check)]
+    return "\n".join(text) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in sorted({r["contender"] for r in runs}):
+        points = sorted((r["level"], r) for r in runs if r["contender"] == name and r["mode"] == "concurrency")
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        left.plot(xs, [r["requests_per_s"] for _, r in points], marker="o", label=name)
+        right.plot(xs, [r["ttft_s"]["p99"] for _, r in points], marker="o", label=name)
+    for axis, title in ((left, "requests / s"), (right, "p99 TTFT (s)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrency")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, runs: list[dict], cross_check: dict | None, settings: dict) -> None:
+    payload = {"settings": settings, "runs": runs, "ratios_at_16": ratios(runs), "vllm_client": cross_check}
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
+    out.with_suffix(".md").write_text(markdown(runs, cross_check, settings))
+    plot(runs, out.with_suffix(".png"))

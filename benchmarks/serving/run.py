@@ -1,0 +1,173 @@
+"""The serving benchmark: contenders started one after another, same model, same client.
+
+    python -m benchmarks.serving.run --config small            # make bench
+    python -m benchmarks.serving.run --config tiny --contenders ours --concurrency 2 --num-requests 6
+
+Contenders: ``ours`` (llava-serve), ``vllm`` (vLLM's own OpenAI server and built-in
+LLaVA, from the baseline venv made by baseline_venv.sh), ``hf`` (per-request
+transformers worker). Writes ``<out>.json``, ``<out>.md`` and ``<out>.png``; with
+``--vllm-client`` also runs vLLM's own benchmark client against ours as a cross-check.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks.serving.loadgen import LoadConfig, run_load
+from benchmarks.serving.models import CONFIGS, ensure_model
+from benchmarks.serving.report import write_report
+
+BASELINE_PYTHON = Path(".venv-baseline/bin/python")
+VICUNA_JINJA = Path(__file__).with_name("vicuna_v1.jinja")
+
+
+@dataclass
+class Contender:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+
+
+def contenders(model: Path, served: str, port: int, args) -> dict[str, Contender]:
+    eager = ["--enforce-eager"] if args.eager else []
+    common_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(args.kv_cache_gb)))}
+    common_env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    return {
+        "ours": Contender("ours", [
+            sys.executable, "-m", "server", "--model", str(model), "--served-model-name", served,
+            "--port", str(port), "--max-model-len", str(args.max_model_len), "--kv-cache-gb", str(args.kv_cache_gb),
+            "--max-num-seqs", "64", "--limit-images-per-prompt", "2", "--dtype", args.dtype,
+            "--max-inflight", "4096", "--log-level", "warning", *eager,
+        ], common_env),
+        "vllm": Contender("vllm", [
+            str(BASELINE_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", served, "--port", str(port), "--max-model-len", str(args.max_model_len),
+            "--max-num-seqs", "64", "--limit-mm-per-prompt", json.dumps({"image": 2}), "--dtype", args.dtype,
+            "--chat-template", str(VICUNA_JINJA), "--disable-log-requests", *eager,
+        ], {**common_env, "VLLM_PLUGINS": ""}),
+        "hf": Contender("hf", [
+            sys.executable, "-m", "benchmarks.serving.hf_worker", "--model", str(model),
+            "--served-model-name", served, "--port", str(port), "--dtype", args.dtype,
+        ], common_env),
+    }
+
+
+def start(contender: Contender, base: str, log: Path, timeout: float = 600) -> subprocess.Popen:
+    proc = subprocess.Popen(contender.cmd, env=contender.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{contender.name} exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError(f"{contender.name} did not become healthy in {timeout} s; see {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def vllm_client(base: str, served: str, model: Path, args, out_dir: Path) -> dict:
+    """vLLM's own benchmark client (random-mm) against a running server."""
+    side = CONFIGS[args.config].image_size
+    argv = [
+        "--backend", "openai-chat", "--base-url", base, "--endpoint", "/v1/chat/completions",
+        "--model", served, "--tokenizer", str(model), "--dataset-name", "random-mm",
+        "--num-prompts", str(args.num_requests), "--max-concurrency", "16",
+        "--random-input-len", str(args.input_words), "--random-output-len", str(args.output_tokens),
+        "--random-mm-base-items-per-request", "1", "--random-mm-limit-mm-per-prompt", json.dumps({"image": 2}),
+        "--random-mm-bucket-config", json.dumps({str((side, side, 1)): 1.0}).replace('"(', "(").replace(')"', ")"),
+        "--ignore-eos", "--save-result", "--result-dir", str(out_dir), "--result-filename", "vllm_client.json",
+    ]
+    code = ("import argparse, sys\nfrom vllm.benchmarks.serve import add_cli_args, main\n"
+            "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=1800)
+    path = out_dir / "vllm_client.json"
+    if result.returncode != 0 or not path.exists():
+        return {"error": (result.stderr or result.stdout)[-1500:]}
+    data = json.loads(path.read_text())
+    keep = ("completed", "request_throughput", "output_throughput", "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms")
+    return {k: data.get(k) for k in keep}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="small", choices=list(CONFIGS))
+    p.add_argument("--contenders", nargs="+", default=["ours", "vllm", "hf"], choices=["ours", "vllm", "hf"])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--rate", type=float, nargs="*", default=[], help="also open-loop runs at these req/s")
+    p.add_argument("--num-requests", type=int, default=64)
+    p.add_argument("--hf-num-requests", type=int, default=16, help="the per-request worker is slow")
+    p.add_argument("--hf-concurrency", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--image-size", type=int, nargs=2, default=(336, 336))
+    p.add_argument("--image-kind", choices=["photo", "noise"], default="photo")
+    p.add_argument("--images-per-request", type=int, nargs="+", default=[1])
+    p.add_argument("--input-words", type=int, default=64)
+    p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--kv-cache-gb", type=float, default=2.0)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--eager", action="store_true", help="skip torch.compile in both engines (faster start)")
+    p.add_argument("--vllm-client", action="store_true", help="cross-check ours with vLLM's benchmark client")
+    p.add_argument("--port", type=int, default=8311)
+    p.add_argument("--out", default=None, help="output path prefix (default benchmarks/results/serving_<config>)")
+    args = p.parse_args(argv)
+
+    model = ensure_model(args.config)
+    served, base = "bench-model", f"http://127.0.0.1:{args.port}"
+    out = Path(args.out or f"benchmarks/results/serving_{args.config}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    runs, cross_check = [], None
+    for name in args.contenders:
+        contender = contenders(model, served, args.port, args)[name]
+        if name == "vllm" and not BASELINE_PYTHON.exists():
+            raise SystemExit("no baseline venv: run `bash benchmarks/serving/baseline_venv.sh` first")
+        print(f"== {name}: starting", flush=True)
+        proc = start(contender, base, logs / f"{name}.log")
+        try:
+            levels = args.hf_concurrency if name == "hf" else args.concurrency
+            count = args.hf_num_requests if name == "hf" else args.num_requests
+            modes = [("concurrency", c) for c in levels] + ([] if name == "hf" else [("rate", r) for r in args.rate])
+            for mode, value in modes:
+                cfg = LoadConfig(
+                    base_url=base, model=served, num_requests=count,
+                    concurrency=value if mode == "concurrency" else None,
+                    rate=value if mode == "rate" else None, image_size=tuple(args.image_size),
+                    image_kind=args.image_kind, images_per_request=tuple(args.images_per_request),
+                    input_words=args.input_words, output_tokens=args.output_tokens,
+                )
+                summary = asyncio.run(run_load(cfg))
+                summary.update(contender=name, mode=mode, level=value)
+                runs.append(summary)
+                print(f"   {mode}={value}: {summary['requests_per_s']:.2f} req/s, "
+                      f"p99 TTFT {summary['ttft_s']['p99']:.2f} s, errors {summary['errors']}", flush=True)
+            if name == "ours" and args.vllm_client:
+                cross_check = vllm_client(base, served, model, args, logs)
+        finally:
+            stop(proc)
+    write_report(out, runs, cross_check, vars(args) | {"model": str(model)})
+    print(f"wrote {out}.json, {out}.md, {out}.png (server logs in {logs})")
+
+
+if __name__ == "__main__":
+    main()

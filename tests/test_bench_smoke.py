@@ -1,0 +1,33 @@
+"""The serving benchmark suite, end to end on the tiny model against our server.
+
+Checks the report's structure and that every request succeeded, not timings.
+"""
+
+import json
+import subprocess
+import sys
+
+
+def test_serving_benchmark_smoke(tmp_path):
+    out = tmp_path / "serving_tiny"
+    cmd = [
+        sys.executable, "-m", "benchmarks.serving.run", "--config", "tiny", "--contenders", "ours",
+        "--concurrency", "1", "3", "--rate", "4", "--num-requests", "6", "--images-per-request", "1", "2",
+        "--image-size", "64", "48", "--input-words", "16", "--output-tokens", "8", "--eager",
+        "--port", "8391", "--out", str(out),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    runs = report["runs"]
+    assert [(r["mode"], r["level"]) for r in runs] == [("concurrency", 1), ("concurrency", 3), ("rate", 4.0)]
+    for run in runs:
+        assert run["completed"] == 6 and run["errors"] == 0, run["error_samples"]
+        assert run["requests_per_s"] > 0 and run["output_tokens_per_s"] > 0
+        for key in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
+            assert set(run[key]) == {"mean", "p50", "p99"}
+            assert 0 <= run[key]["p50"] <= run[key]["p99"]
+        assert run["config"]["output_tokens"] == 8
+    table = out.with_suffix(".md").read_text()
+    assert table.count("| ours |") == 3
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
