@@ -13,7 +13,7 @@ MODEL ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test serve serve-tiny demo tiny-model clean
+.PHONY: install test serve serve-tiny demo tiny-model bench baseline clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,5 +43,12 @@ demo: tiny-model
 	$(PY) -m llava_model.generate --model models/tiny --eager --max-model-len 512 \
 		--image tests/data/demo.png --prompt "What is in the image?" --max-tokens 16
 
+# The serving benchmark of the README table (small config; needs the ~6 GB baseline venv).
+baseline:
+	bash benchmarks/serving/baseline_venv.sh
+
+bench: install baseline
+	$(PY) -m benchmarks.serving.run --config small --vllm-client
+
 clean:
-	rm -rf $(VENV) models/tiny
+	rm -rf $(VENV) models/tiny models/bench

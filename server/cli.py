@@ -66,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
     add("--allowed-image-hosts", action="append", help="host or CIDR allowed even if private (repeatable)")
     add("--allowed-local-image-dir", help="serve file:// image URLs from below this directory")
     add("--image-workers", type=int)
+    add("--frontend-threads", type=int, help="torch threads of the HTTP process (image resizing)")
+    add("--cpu-reserved-cores", type=int, help="CPU engines: cores not bound to the model (vLLM default 1)")
     add("--max-inflight", type=int)
     add("--request-timeout-s", type=float)
     add("--shutdown-grace-s", type=float)
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     from server.ops.middleware import configure_logging
 
     configure_logging(settings.log_level)
+    import torch
+
+    torch.set_num_threads(settings.frontend_threads)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys():
         logging.getLogger("server").warning("listening on %s without an API key", settings.host)
     config = uvicorn.Config(

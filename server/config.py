@@ -52,6 +52,12 @@ class ServerSettings(BaseSettings):
     allowed_image_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_local_image_dir: Path | None = None  # file:// URLs only below this directory
     image_workers: int = 2
+    # CPU split (CPU engines only): torch threads of the HTTP process (image resizing) and
+    # cores vLLM leaves to its front end and scheduler instead of binding them to the model.
+    frontend_threads: int = 1
+    # None: 0 on machines of at most 4 cores (a whole reserved core out of 2 halves the
+    # model's compute; measured in benchmarks/README.md), else vLLM's default (one core).
+    cpu_reserved_cores: int | None = None
 
     @field_validator("api_key", "allowed_image_hosts", mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 """vLLM's async engine, owned by an async context manager that always shuts it down."""
 
 import logging
+import os
 from dataclasses import dataclass
 
 from server.config import ServerSettings
@@ -49,6 +50,12 @@ class EngineContext:
 
         s = self.settings
         check_model_dir(s)
+        # Read by vLLM's CPU worker when it binds its threads: the flag wins, then the
+        # environment, then our small-machine default.
+        if s.cpu_reserved_cores is not None:
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(s.cpu_reserved_cores)
+        elif (os.cpu_count() or 1) <= 4:
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         args = AsyncEngineArgs(
             model=str(s.model_dir()),
             served_model_name=[s.model_name()],

@@ -63,7 +63,8 @@ def _image_url(cfg: LoadConfig, seed: int) -> str:
 
 
 def build_requests(cfg: LoadConfig, count: int, offset: int = 0) -> list[dict]:
-    """Distinct images per request, so no server can answer from an image cache."""
+    """Distinct images and texts per request (and per ``cfg.seed``), so no server can
+    answer from its image or prefix cache."""
     rng = random.Random(cfg.seed + offset)
     bodies = []
     for i in range(count):

@@ -52,7 +52,7 @@ def contenders(model: Path, served: str, port: int, args) -> dict[str, Contender
             str(BASELINE_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", served, "--port", str(port), "--max-model-len", str(args.max_model_len),
             "--max-num-seqs", "64", "--limit-mm-per-prompt", json.dumps({"image": 2}), "--dtype", args.dtype,
-            "--chat-template", str(VICUNA_JINJA), "--disable-log-requests", *eager,
+            "--chat-template", str(VICUNA_JINJA), *eager,
         ], {**common_env, "VLLM_PLUGINS": ""}),
         "hf": Contender("hf", [
             sys.executable, "-m", "benchmarks.serving.hf_worker", "--model", str(model),
@@ -148,8 +148,11 @@ def main(argv: list[str] | None = None) -> None:
             levels = args.hf_concurrency if name == "hf" else args.concurrency
             count = args.hf_num_requests if name == "hf" else args.num_requests
             modes = [("concurrency", c) for c in levels] + ([] if name == "hf" else [("rate", r) for r in args.rate])
-            for mode, value in modes:
+            for index, (mode, value) in enumerate(modes):
+                # Fresh prompts and images for every level (the same for every contender): a
+                # repeated request would be served from the engine's prefix and image caches.
                 cfg = LoadConfig(
+                    seed=1 + index,
                     base_url=base, model=served, num_requests=count,
                     concurrency=value if mode == "concurrency" else None,
                     rate=value if mode == "rate" else None, image_size=tuple(args.image_size),
