@@ -5,6 +5,17 @@ import torch
 from llava_model.vision import num_image_tokens
 
 
+def hf_processor(mode: str, side: int):
+    """transformers' own (PIL) processor: LLaVA's with padding for ``pad``, else CLIP's."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    kwargs = dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    if mode == "pad":
+        return LlavaImageProcessorPil(do_pad=True, **kwargs)
+    return CLIPImageProcessorPil(**kwargs)
+
+
 def hf_pixel_values(images, spec):
     """transformers' own processor for PIL resampling; else the checkpoint's settings.
 
@@ -12,21 +23,13 @@ def hf_pixel_values(images, spec):
     in test_image_processing), which could flip a greedy token of a random model, so
     model parity then feeds both sides the same pixels.
     """
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-
     from llava_model.image_processing import ImageProcessingConfig, preprocess_images
     from llava_model.tiny import preprocessor_config
 
     if spec.resampler != "pil":
         cfg = ImageProcessingConfig.from_hf_dict(preprocessor_config(spec), spec.image_size)
         return preprocess_images(images, cfg)
-    side = spec.image_size
-    kwargs = dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
-    if spec.aspect_mode == "pad":
-        processor = LlavaImageProcessorPil(do_pad=True, **kwargs)
-    else:
-        processor = CLIPImageProcessorPil(**kwargs)
+    processor = hf_processor(spec.aspect_mode, spec.image_size)
     return processor(images=images, return_tensors="pt")["pixel_values"]
 
 

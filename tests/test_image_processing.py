@@ -18,6 +18,7 @@ from llava_model.image_processing import (
     to_rgb,
 )
 from tests.images import noise, photo_like
+from tests.reference import hf_processor
 
 # With PIL resampling our output equals the reference's float32 arithmetic up to the
 # last bit; with torch resampling each byte is within two grey levels of PIL's, which is
@@ -26,16 +27,6 @@ ATOL = {"pil": 1e-5, "torch": 2 / 255 / min(OPENAI_CLIP_STD) + 1e-5}
 MEAN_ATOL = {"pil": 1e-6, "torch": 1e-3}
 
 SIZES = [(640, 480), (480, 640), (336, 336), (337, 335), (1, 1), (3, 500), (500, 3), (1023, 77)]
-
-
-def hf_processor(mode: str, side: int):
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-
-    kwargs = dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
-    if mode == "pad":
-        return LlavaImageProcessorPil(do_pad=True, **kwargs)
-    return CLIPImageProcessorPil(**kwargs)
 
 
 @pytest.mark.parametrize("resampler", ["pil", "torch"])

@@ -13,24 +13,21 @@ import torch
 from benchmarks.kernels.timing import interleaved_medians, table
 from llava_model.image_processing import ImageProcessingConfig, preprocess_images
 from tests.images import photo_like
+from tests.reference import hf_processor
 
 SIZES = [(640, 480), (1024, 768), (336, 336), (1920, 1080)]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     side = 336
-    hf_kwargs = dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     rows = []
     for mode in ("pad", "crop"):
         ours_cfg = ImageProcessingConfig(image_size=side, shortest_edge=side, aspect_mode=mode)
-        hf = LlavaImageProcessorPil(do_pad=True, **hf_kwargs) if mode == "pad" else CLIPImageProcessorPil(**hf_kwargs)
+        hf = hf_processor(mode, side)
         for w, h in SIZES:
             images = [photo_like(w, h, seed=i) for i in range(args.batch)]
             times = interleaved_medians(
