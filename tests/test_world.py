@@ -1,0 +1,72 @@
+"""The synthetic world: deterministic scenes, boxes that match the pixels, exact answers."""
+
+import numpy as np
+import pytest
+
+from train.world import COLOURS, Scene, WorldConfig, make_scene, questions, relation
+
+
+def test_same_seed_same_scene_and_pixels():
+    a, b = make_scene(7), make_scene(7)
+    assert a == b
+    assert np.array_equal(np.asarray(a.render()), np.asarray(b.render()))
+    assert make_scene(8) != a
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_boxes_are_normalised_disjoint_and_drawn(seed):
+    scene = make_scene(seed)
+    pixels = np.asarray(scene.render())
+    side = scene.config.image_size
+    assert 1 <= len(scene.objects) <= 4
+    assert len({o.category for o in scene.objects}) == len(scene.objects)
+    for obj in scene.objects:
+        x1, y1, x2, y2 = obj.box
+        assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
+        cx, cy = obj.centre
+        # every shape covers its box centre (the triangle too: its centre is inside)
+        assert tuple(pixels[int(cy * side), int(cx * side)]) == COLOURS[obj.colour]
+    for i, a in enumerate(scene.objects):
+        for b in scene.objects[i + 1 :]:
+            assert a.box[2] <= b.box[0] or b.box[2] <= a.box[0] or a.box[3] <= b.box[1] or b.box[3] <= a.box[1]
+
+
+def test_symbolic_form_and_captions():
+    scene = make_scene(3, WorldConfig(min_objects=2, max_objects=2))
+    lines = scene.symbolic().splitlines()
+    assert len(lines) == 2
+    for line, obj in zip(lines, scene.objects):
+        assert line.startswith(f"{obj.category}: [") and line.endswith("]")
+        assert [float(v) for v in line.split("[")[1].rstrip("]").split(",")] == pytest.approx(list(obj.box))
+    captions = scene.captions()
+    assert len(captions) == 3 and all(obj.category in " ".join(captions) for obj in scene.objects)
+    assert relation(*scene.objects[:2]) in captions[2]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_question_answers_follow_from_the_objects(seed):
+    scene: Scene = make_scene(seed)
+    for q in questions(scene):
+        if q.kind == "count" and q.text.startswith("How many shapes"):
+            assert q.answer == str(len(scene.objects))
+        elif q.kind == "colour":
+            shape = q.text.split("the ")[1].split("?")[0]
+            assert [o.colour for o in scene.objects if o.shape == shape] == [q.answer]
+        elif q.kind == "shape":
+            colour = q.text.split("is ")[1].split("?")[0]
+            assert [o.shape for o in scene.objects if o.colour == colour] == [q.answer]
+        elif q.kind == "exists":
+            probe = q.text.split("a ", 1)[1].split(" in the image")[0]
+            assert q.answer == ("yes" if probe in {o.category for o in scene.objects} else "no")
+        elif q.kind == "relation":
+            first = q.text.split("Where is the ")[1].split(" relative")[0]
+            second = q.text.split("relative to the ")[1].split("?")[0]
+            by_name = {o.category: o for o in scene.objects}
+            assert q.answer == relation(by_name[first], by_name[second])
+            (ax, ay), (bx, by) = by_name[first].centre, by_name[second].centre
+            if q.answer == "left of":
+                assert ax < bx
+            elif q.answer == "above":
+                assert ay < by
+        else:
+            assert q.kind == "count" and int(q.answer) >= 2

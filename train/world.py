@@ -1,0 +1,164 @@
+"""A synthetic visual world with exact ground truth (for the built-in default model).
+
+Each scene is a few flat shapes on a plain background, drawn deterministically from
+a seed. Alongside the picture, a scene gives what LLaVA's text-only teacher sees:
+several captions and every object as ``category: [x1, y1, x2, y2]`` with coordinates
+normalised to 0-1; and questions with exact answers (colour, shape, count, relative
+position, existence) for shapes-bench.
+"""
+
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw
+
+COLOURS = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+    "purple": (140, 60, 190), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20),
+}
+BACKGROUNDS = {"grey": (128, 128, 128), "beige": (225, 210, 180), "teal": (40, 120, 130), "navy": (30, 40, 80)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 0.14, "large": 0.26}  # side of the bounding box, as a fraction of the image
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    image_size: int = 224
+    min_objects: int = 1
+    max_objects: int = 4
+    max_overlap: float = 0.0  # largest allowed intersection-over-smaller-box between two objects
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    colour: str
+    size: str
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in 0-1
+
+    @property
+    def category(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+
+@dataclass(frozen=True)
+class Scene:
+    seed: int
+    background: str
+    objects: tuple[SceneObject, ...]
+    config: WorldConfig = field(default_factory=WorldConfig)
+
+    def render(self) -> Image.Image:
+        side = self.config.image_size
+        image = Image.new("RGB", (side, side), BACKGROUNDS[self.background])
+        draw = ImageDraw.Draw(image)
+        for obj in self.objects:
+            x1, y1, x2, y2 = (round(v * side) for v in obj.box)
+            colour = COLOURS[obj.colour]
+            if obj.shape == "circle":
+                draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=colour)
+            elif obj.shape == "square":
+                draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=colour)
+            else:
+                draw.polygon([((x1 + x2) / 2, y1), (x2 - 1, y2 - 1), (x1, y2 - 1)], fill=colour)
+        return image
+
+    def symbolic(self) -> str:
+        """The teacher's view: one ``category: [x1, y1, x2, y2]`` line per object."""
+        return "\n".join(f"{o.category}: [{', '.join(f'{v:.3f}' for v in o.box)}]" for o in self.objects)
+
+    def captions(self) -> list[str]:
+        names = [f"a {o.size} {o.category}" for o in self.objects]
+        listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        count = len(self.objects)
+        noun = "shape" if count == 1 else "shapes"
+        out = [
+            f"{listing[0].upper()}{listing[1:]} on a {self.background} background.",
+            f"A picture of {count} {noun} on {self.background}: {listing}.",
+        ]
+        if count >= 2:
+            a, b = self.objects[0], self.objects[1]
+            out.append(f"The {a.category} is {relation(a, b)} the {b.category}.")
+        return out
+
+
+def relation(a: SceneObject, b: SceneObject) -> str:
+    """Where ``a`` is relative to ``b``, along the axis where they differ most."""
+    (ax, ay), (bx, by) = a.centre, b.centre
+    if abs(ax - bx) >= abs(ay - by):
+        return "left of" if ax < bx else "right of"
+    return "above" if ay < by else "below"
+
+
+def _overlap(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / smaller
+
+
+def make_scene(seed: int, config: WorldConfig = WorldConfig()) -> Scene:
+    """The scene of ``seed``: same seed, same scene, on any machine."""
+    rng = random.Random(seed)
+    background = rng.choice(sorted(BACKGROUNDS))
+    count = rng.randint(config.min_objects, config.max_objects)
+    objects: list[SceneObject] = []
+    used: set[tuple[str, str]] = set()
+    attempts = 0
+    while len(objects) < count and attempts < 200:
+        attempts += 1
+        shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
+        if (shape, colour) in used:  # each category at most once: questions stay unambiguous
+            continue
+        size = rng.choice(sorted(SIZES))
+        side = SIZES[size]
+        x1, y1 = rng.uniform(0.02, 0.98 - side), rng.uniform(0.02, 0.98 - side)
+        box = (round(x1, 3), round(y1, 3), round(x1 + side, 3), round(y1 + side, 3))
+        if any(_overlap(box, o.box) > config.max_overlap for o in objects):
+            continue
+        objects.append(SceneObject(shape, colour, size, box))
+        used.add((shape, colour))
+    return Scene(seed, background, tuple(objects), config)
+
+
+@dataclass(frozen=True)
+class Question:
+    kind: str  # colour | shape | count | relation | exists
+    text: str
+    answer: str  # exact, lower case
+
+
+def _attribute_question(target: SceneObject, objs: list[SceneObject]) -> Question:
+    """Ask the colour of a shape, or the shape of a colour, whichever is unambiguous."""
+    same_shape = sum(o.shape == target.shape for o in objs)
+    if same_shape == 1:
+        return Question("colour", f"What colour is the {target.shape}? Answer with one word.", target.colour)
+    if sum(o.colour == target.colour for o in objs) == 1:
+        return Question("shape", f"What shape is {target.colour}? Answer with one word.", target.shape)
+    return Question("count", f"How many {target.shape}s are there? Answer with a number.", str(same_shape))
+
+
+def questions(scene: Scene, seed: int | None = None) -> list[Question]:
+    """Questions about ``scene`` whose answers follow exactly from its objects."""
+    rng = random.Random(scene.seed if seed is None else seed)
+    objs = list(scene.objects)
+    out = [Question("count", "How many shapes are in the image? Answer with a number.", str(len(objs)))]
+    out.append(_attribute_question(rng.choice(objs), objs))
+    present = rng.random() < 0.5
+    if present:
+        probe = rng.choice(objs).category
+    else:
+        absent = [f"{c} {s}" for c in sorted(COLOURS) for s in SHAPES if f"{c} {s}" not in {o.category for o in objs}]
+        probe = rng.choice(absent)
+    out.append(Question("exists", f"Is there a {probe} in the image? Answer yes or no.", "yes" if present else "no"))
+    if len(objs) >= 2:
+        a, b = rng.sample(objs, 2)
+        out.append(Question("relation", f"Where is the {a.category} relative to the {b.category}? "
+                                        "Answer left of, right of, above or below.", relation(a, b)))
+    return out
