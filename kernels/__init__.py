@@ -6,6 +6,6 @@ CPU path) sit behind the same call. ``LLAVA_KERNELS`` forces a path for testing
 """
 
 from kernels.preprocess import normalize_images
-from kernels.projector import prepare_projector, run_projector
+from kernels.projector import prepare_projector
 
-__all__ = ["normalize_images", "prepare_projector", "run_projector"]
+__all__ = ["normalize_images", "prepare_projector"]

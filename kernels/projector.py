@@ -82,8 +82,3 @@ def prepare_projector(
 
         return partial(projector_triton, w1=w1, b1=b1, w2=w2, b2=b2, gelu=gelu)
     return partial(projector_reference, w1=w1, b1=b1, w2=w2, b2=b2, act=act)
-
-
-def run_projector(x, w1, b1, w2, b2, act: str = "gelu") -> torch.Tensor:
-    """One-off call (tests, benchmarks): prepare and apply."""
-    return prepare_projector(w1, b1, w2, b2, act)(x)

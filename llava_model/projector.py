@@ -1,4 +1,4 @@
-"""The projector as a vLLM module; the arithmetic lives in ``kernels.run_projector``.
+"""The projector as a vLLM module; the arithmetic lives in ``kernels.prepare_projector``.
 
 Weights are replicated on every tensor-parallel rank: the projector is small next
 to the language model, and keeping it whole lets one fused kernel run it. The

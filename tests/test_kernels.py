@@ -9,7 +9,7 @@ import torch
 
 from kernels.cpu_projector import PackedCpuProjector, cpu_fused_available
 from kernels.dispatch import choose_backend
-from kernels.preprocess import normalize_fused_cpu, normalize_images, normalize_reference
+from kernels.preprocess import normalize_fused_cpu, normalize_reference
 from kernels.projector import gelu_form, projector_reference
 
 # Relative error ||out - ref|| / ||ref|| against an fp64 reference, per input dtype.
