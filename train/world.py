@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
+from train.symbolic import box_relation
+
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
     "purple": (140, 60, 190), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20),
@@ -88,10 +90,7 @@ class Scene:
 
 def relation(a: SceneObject, b: SceneObject) -> str:
     """Where ``a`` is relative to ``b``, along the axis where they differ most."""
-    (ax, ay), (bx, by) = a.centre, b.centre
-    if abs(ax - bx) >= abs(ay - by):
-        return "left of" if ax < bx else "right of"
-    return "above" if ay < by else "below"
+    return box_relation(a.box, b.box)
 
 
 def _overlap(a, b) -> float:

@@ -1,28 +1,19 @@
 """Chat templates: messages -> prompt text with one ``<image>`` where each image stands.
 
 Built-in LLaVA formats (``vicuna_v1`` for LLaVA v1/1.5, ``mistral_instruct`` for
-LLaVA-NeXT-Mistral, ``chatml`` for Qwen-based models) are plain Python; a checkpoint's
+LLaVA-NeXT-Mistral, ``chatml`` for Qwen-based models, ``plain`` for stage-1
+checkpoints) are the ones training uses (``llava_model.chat_format``); a checkpoint's
 own Jinja template (``tokenizer.chat_template``) or a Jinja file given by flag is
 rendered in a sandbox with HF-style content lists (``{"type": "image"}`` entries).
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from llava_model.chat_format import FORMATS, IMAGE, VICUNA_SYSTEM, Turn, prompt
 from server.chat.protocol import ImagePart, Message
 
-IMAGE = "<image>"
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-
-
-@dataclass(frozen=True)
-class Turn:
-    role: str  # user | assistant
-    text: str  # with IMAGE where each image part stood
+__all__ = ["IMAGE", "VICUNA_SYSTEM", "ChatTemplate", "choose_template", "hf_messages", "split_system"]
 
 
 def _text(message: Message) -> str:
@@ -37,36 +28,8 @@ def split_system(messages: list[Message]) -> tuple[str | None, list[Turn]]:
     return ("\n".join(system) if system else None), turns
 
 
-def vicuna_v1(system: str | None, turns: list[Turn]) -> str:
-    out = (system if system is not None else VICUNA_SYSTEM) + " "
-    for turn in turns:
-        out += f"USER: {turn.text} " if turn.role == "user" else f"ASSISTANT: {turn.text}</s>"
-    return out + "ASSISTANT:"
-
-
-def mistral_instruct(system: str | None, turns: list[Turn]) -> str:
-    out = ""
-    for i, turn in enumerate(turns):
-        if turn.role == "user":
-            text = f"{system}\n\n{turn.text}" if system and i == 0 else turn.text
-            out += f"[INST] {text} [/INST]"
-        else:
-            out += f" {turn.text}</s>"
-    return out
-
-
-def chatml(system: str | None, turns: list[Turn]) -> str:
-    out = f"<|im_start|>system\n{system or 'You are a helpful assistant.'}<|im_end|>\n"
-    for turn in turns:
-        out += f"<|im_start|>{turn.role}\n{turn.text}<|im_end|>\n"
-    return out + "<|im_start|>assistant\n"
-
-
-BUILTIN: dict[str, Callable[[str | None, list[Turn]], str]] = {
-    "vicuna_v1": vicuna_v1,
-    "mistral_instruct": mistral_instruct,
-    "chatml": chatml,
-}
+# The formats live in llava_model.chat_format, shared with training (train/).
+BUILTIN = tuple(FORMATS)
 DEFAULT_BY_TEXT_MODEL = {"mistral": "mistral_instruct", "mixtral": "mistral_instruct", "qwen2": "chatml"}
 
 
@@ -127,9 +90,7 @@ def choose_template(flag: str | None, tokenizer, text_model_type: str) -> ChatTe
 
 
 def _builtin(name: str) -> ChatTemplate:
-    fn = BUILTIN[name]
-
     def render(messages: list[Message]) -> str:
-        return fn(*split_system(messages))
+        return prompt(name, *split_system(messages))
 
     return ChatTemplate(name, render)

@@ -1,0 +1,165 @@
+"""The built-in default model, from nothing: world data -> tokenizer -> CLIP -> LLM ->
+assembled LLaVA -> stage 1 -> stage 2 -> ``models/default``.
+
+Every step writes its output under the work directory and is skipped when that output
+is already complete, so an interrupted build resumes where it stopped; the final
+model is renamed into place only when stage 2 has exported it. Same config, same
+seeds, same threads: the same weights.
+"""
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from train.assemble import AssembleConfig, assemble
+from train.config import StageConfig
+from train.pretrain import ClipConfig, LmConfig, lm_texts, train_clip, train_lm, train_tokenizer
+from train.world_data import WorldDataConfig, write_world_data
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    world: WorldDataConfig = WorldDataConfig()
+    vocab_size: int = 1024
+    clip: ClipConfig = ClipConfig()
+    lm: LmConfig = LmConfig()
+    projector_type: str = "mlp2x_gelu"
+    stage1: StageConfig = StageConfig(stage=1, chat_format="plain", global_batch=64, per_device_batch=64,
+                                      lr=2e-3, max_steps=150, max_length=256)
+    stage2: StageConfig = StageConfig(stage=2, chat_format="vicuna_v1", global_batch=32, per_device_batch=32,
+                                      lr=1e-3, max_steps=600, max_length=512, warmup_ratio=0.03)
+    threads: int = 0  # torch threads (0: leave torch's default)
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+PRESETS = {
+    "default": RecipeConfig(),
+    "ci": RecipeConfig(
+        world=WorldDataConfig(scenes=600),
+        clip=ClipConfig(steps=60, batch=64),
+        lm=LmConfig(hidden=128, layers=2, heads=2, kv_heads=1, intermediate=344, steps=60),
+        stage1=StageConfig(stage=1, chat_format="plain", global_batch=32, per_device_batch=32, lr=2e-3,
+                           max_steps=30, max_length=256),
+        stage2=StageConfig(stage=2, chat_format="vicuna_v1", global_batch=16, per_device_batch=16, lr=1e-3,
+                           max_steps=120, max_length=512),
+    ),
+}
+
+
+def _done(path: Path) -> bool:
+    return (path / ".done").is_file()
+
+
+def _mark(path: Path, info: dict) -> None:
+    (path / ".done").write_text(json.dumps(info))
+
+
+def _step(name: str, path: Path, log: dict, fn) -> None:
+    if _done(path):
+        log[name] = json.loads((path / ".done").read_text()) | {"skipped": True}
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    t0 = time.perf_counter()
+    info = fn(path) or {}
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    _mark(path, info)
+    log[name] = info
+    print(f"[{name}] done in {info['seconds']} s", flush=True)
+
+
+def _pixels(samples: list[dict], root: Path, image_size: int) -> torch.Tensor:
+    """Every scene's image through the server's preprocessing, once, for CLIP training."""
+    from PIL import Image
+
+    from llava_model.image_processing import ImageProcessingConfig, preprocess_images
+
+    cfg = ImageProcessingConfig(image_size=image_size, shortest_edge=image_size, aspect_mode="pad")
+    out = []
+    for i in range(0, len(samples), 256):
+        images = [Image.open(root / s["image"]) for s in samples[i:i + 256]]
+        out.append(preprocess_images(images, cfg))
+    return torch.cat(out)
+
+
+def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir: str | Path | None = None) -> dict:
+    """Build the model into ``out_dir``; returns what each step did (also in ``build_log.json``)."""
+    from train.engine import train_stage
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out_dir)
+    work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    log: dict = {"config": asdict(cfg)}
+    data = work / "data"
+
+    def world(path: Path) -> dict:
+        paths = write_world_data(path, cfg.world)
+        return {k: str(v) for k, v in paths.items()}
+
+    _step("world", data, log, world)
+    captions = json.loads((data / "captions.json").read_text())
+    instruct = json.loads((data / "instruct.json").read_text())
+    texts = lm_texts([s["conversations"] for s in instruct], [s["conversations"][1]["value"] for s in captions])
+
+    def tokenizer_step(path: Path) -> dict:
+        tok = train_tokenizer(texts, path, cfg.vocab_size)
+        return {"vocab": len(tok)}
+
+    _step("tokenizer", work / "tokenizer", log, tokenizer_step)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
+
+    def clip_step(path: Path) -> dict:
+        by_image: dict[str, list[str]] = {}
+        for s in captions:
+            by_image.setdefault(s["image"], []).append(s["conversations"][1]["value"])
+        images = sorted(by_image, key=lambda k: int(k.split("-")[-1].split(".")[0]))
+        pixels = _pixels([{"image": i} for i in images], data, cfg.clip.image_size)
+        losses = train_clip(pixels, [by_image[i] for i in images], tokenizer, cfg.clip, path, cfg.progress)
+        return {"first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
+
+    _step("clip", work / "clip", log, clip_step)
+
+    def lm_step(path: Path) -> dict:
+        losses = train_lm(texts, tokenizer, cfg.lm, path, cfg.progress)
+        return {"first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
+
+    _step("lm", work / "lm", log, lm_step)
+
+    def assemble_step(path: Path) -> dict:
+        from train.export import export
+
+        model, tok, processor = assemble(AssembleConfig(vision=str(work / "clip"), llm=str(work / "lm"),
+                                                        projector_type=cfg.projector_type))
+        export(model, tok, processor, path, "plain", {"stage": 0})
+        return {}
+
+    _step("assemble", work / "assembled", log, assemble_step)
+
+    def stage(name: str, stage_cfg: StageConfig, model_dir: Path, data_file: str):
+        def run(path: Path) -> dict:
+            full = replace(stage_cfg, model=str(model_dir), data=str(data / data_file), image_root=str(data),
+                           output_dir=str(path / "run"), progress=cfg.progress)
+            result = train_stage(full, export_dir=path / "model")
+            shutil.rmtree(path / "run" / f"checkpoint-{result['steps']}", ignore_errors=True)
+            return result
+        _step(name, work / name, log, run)
+
+    stage("stage1", cfg.stage1, work / "assembled", "captions.json")
+    stage("stage2", cfg.stage2, work / "stage1" / "model", "instruct.json")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(work / "stage2" / "model", tmp)
+    (tmp / "build_log.json").write_text(json.dumps(log, indent=1, default=str))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return log

@@ -1,0 +1,150 @@
+"""shapes-bench: exact-answer questions about held-out synthetic scenes, asked over HTTP.
+
+Scenes come from seeds at or above ``FIRST_SEED``, which training never uses (the
+training configs refuse seeds that reach it). Each scene yields up to four questions
+(count, colour or shape, existence, relative position); a reply is scored by the
+first answer word it contains from the question's answer set, so "2", "two" and
+"There are 2 shapes." all count, and "left of ... right of" counts as its first.
+"""
+
+import base64
+import io
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from train.template_teacher import NUMBER_WORDS
+from train.world import COLOURS, SHAPES, WorldConfig, make_scene, questions
+
+FIRST_SEED = 1_000_000
+RELATIONS = ("left of", "right of", "above", "below")
+CHANCE = {"count": 1 / 4, "colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "exists": 1 / 2, "relation": 1 / 4}
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    seed: int
+    kind: str
+    question: str
+    answer: str
+    image: Image.Image
+
+
+def bench_items(n_scenes: int, first_seed: int = FIRST_SEED, world: WorldConfig = WorldConfig()) -> list[BenchItem]:
+    items = []
+    for seed in range(first_seed, first_seed + n_scenes):
+        scene = make_scene(seed, world)
+        image = scene.render()
+        items += [BenchItem(seed, q.kind, q.text, q.answer, image) for q in questions(scene)]
+    return items
+
+
+def _candidates(answer: str) -> dict[str, str]:
+    """Phrase in a reply -> the answer it means, for the answer set ``answer`` is in."""
+    if answer.isdigit():
+        out = {str(i): str(i) for i in range(10)}
+        out.update({w: str(i) for i, w in enumerate(NUMBER_WORDS)})
+        return out
+    if answer in ("yes", "no"):
+        return {"yes": "yes", "no": "no"}
+    if answer in RELATIONS:
+        return {r: r for r in RELATIONS} | {"left": "left of", "right": "right of"}
+    if answer in COLOURS:
+        return {c: c for c in COLOURS}
+    return {s: s for s in SHAPES} | {f"{s}s": s for s in SHAPES}
+
+
+def is_correct(reply: str, answer: str) -> bool:
+    text = " " + re.sub(r"[^a-z0-9 ]+", " ", reply.lower()) + " "
+    found = []
+    for phrase, meaning in _candidates(answer).items():
+        i = text.find(f" {phrase} ")
+        if i >= 0:
+            found.append((i, -len(phrase), meaning))
+    return bool(found) and min(found)[2] == answer
+
+
+def data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def ask(client, model: str, item: BenchItem, max_tokens: int = 12) -> str:
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(item.image)}},
+            {"type": "text", "text": item.question},
+        ]}],
+        max_tokens=max_tokens,
+        temperature=0,
+    )
+    return reply.choices[0].message.content or ""
+
+
+def summarise(items: list[BenchItem], replies: list[str]) -> dict:
+    per_kind: dict[str, list[int]] = {}
+    rows = []
+    for item, reply in zip(items, replies, strict=True):
+        ok = is_correct(reply, item.answer)
+        per_kind.setdefault(item.kind, []).append(int(ok))
+        rows.append({"seed": item.seed, "kind": item.kind, "question": item.question,
+                     "answer": item.answer, "reply": reply, "correct": ok})
+    total = sum(sum(v) for v in per_kind.values())
+    chance = sum(CHANCE[i.kind] for i in items) / max(len(items), 1)
+    return {
+        "questions": len(items),
+        "accuracy": total / max(len(items), 1),
+        "chance": chance,
+        "by_kind": {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(per_kind.items())},
+        "rows": rows,
+    }
+
+
+def run(base_url: str, model: str, n_scenes: int = 100, first_seed: int = FIRST_SEED,
+        concurrency: int = 8, api_key: str = "none") -> dict:
+    """Ask every question of ``n_scenes`` held-out scenes through an OpenAI-compatible server."""
+    from openai import OpenAI
+
+    if first_seed < FIRST_SEED:
+        raise ValueError(f"shapes-bench seeds start at {FIRST_SEED}; lower seeds are training seeds")
+    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=120)
+    items = bench_items(n_scenes, first_seed)
+    with ThreadPoolExecutor(concurrency) as pool:
+        replies = list(pool.map(lambda it: ask(client, model, it), items))
+    report = summarise(items, replies)
+    report.update(model=model, base_url=base_url, scenes=n_scenes, first_seed=first_seed)
+    return report
+
+
+def markdown(reports: dict[str, dict]) -> str:
+    """One table, a column per named report (e.g. stage 1 and stage 2 side by side)."""
+    names = list(reports)
+    kinds = sorted({k for r in reports.values() for k in r["by_kind"]})
+    lines = ["| question kind | chance | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for kind in kinds:
+        cells = [f"{reports[n]['by_kind'].get(kind, {}).get('accuracy', float('nan')):.1%}" for n in names]
+        lines.append(f"| {kind} | {CHANCE[kind]:.1%} | " + " | ".join(cells) + " |")
+    first = reports[names[0]]
+    lines.append(f"| **all ({first['questions']})** | {first['chance']:.1%} | "
+                 + " | ".join(f"**{reports[n]['accuracy']:.1%}**" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, reports: dict[str, dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(reports, indent=1))
+    tmp.replace(out.with_suffix(".json"))
+    out.with_suffix(".md").write_text(markdown(reports))
+
+
+def item_dict(item: BenchItem) -> dict:
+    d = asdict(item)
+    d.pop("image")
+    return d
