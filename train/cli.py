@@ -132,12 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_args(p)
     p.set_defaults(func=_bench)
     sub.add_parser("presets", help="print the presets").set_defaults(func=_presets)
-    for module in ("train.datagen.cli", "train.eval.cli"):
-        try:
-            mod = __import__(module, fromlist=["add_parsers"])
-        except ImportError:
-            continue
-        mod.add_parsers(sub)
+    from train.datagen.cli import add_parsers as add_datagen
+    from train.eval.cli import add_parsers as add_eval
+
+    add_datagen(sub)  # datagen, merge: instruction data from a teacher (template or LLM)
+    add_eval(sub)  # eval relative | scienceqa | shapes
     return parser
 
 

@@ -124,6 +124,8 @@ def train_stage(cfg: StageConfig, export_dir: str | Path | None = None) -> dict:
 
     from llava_model.vision import num_image_tokens
 
+    if not (Path(cfg.model) / "config.json").is_file():
+        raise ValueError(f"--model {cfg.model}: no config.json; expected a LLaVA checkpoint (llava-train assemble)")
     acc = _accelerator(cfg)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)

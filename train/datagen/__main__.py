@@ -1,0 +1,5 @@
+import sys
+
+from train.datagen.cli import main
+
+sys.exit(main())

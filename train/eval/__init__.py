@@ -1,0 +1,7 @@
+"""Evaluation over any OpenAI-compatible endpoint (ours by default).
+
+``client``: async chat client with bounded concurrency, retries and counters;
+``relative`` + ``judge``: LLaVA-Bench-style judge-scored relative score; ``scienceqa`` +
+``scienceqa_format``: multiple choice with an optional judge ensemble; ``shapes``:
+shapes-bench; ``report``: JSON + Markdown reports; ``cli``: the ``eval`` subcommand.
+"""

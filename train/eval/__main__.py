@@ -1,0 +1,5 @@
+import sys
+
+from train.eval.cli import main
+
+sys.exit(main())
