@@ -61,12 +61,11 @@ def _syllable_words(count: int, seed: int = 0) -> list[str]:
     ]
 
 
-def build_tokenizer(
-    out_dir: Path | None = None, special_tokens: list[str] = SPECIAL_TOKENS, vocab_size: int = 400
-):
-    """A deterministic byte-level BPE tokenizer with LLaVA's special tokens.
+def train_bpe(corpus: list[str], special_tokens: list[str], vocab_size: int):
+    """A deterministic byte-level BPE tokenizer trained on ``corpus``; ``<s>`` starts every text.
 
-    Larger vocabularies (e.g. 32000, Llama-sized) are trained on made-up words as well.
+    The usual names (``<s>``, ``</s>``, ``<unk>``, ``<pad>``) become the tokenizer's
+    bos/eos/unk/pad tokens when they are among ``special_tokens``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -80,16 +79,26 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = _CORPUS if vocab_size <= 400 else _CORPUS + [" ".join(_syllable_words(vocab_size * 8))]
     tok.train_from_iterator(corpus, trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
     named = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, **{k: v for k, v in named.items() if v in special_tokens}
     )
+
+
+def build_tokenizer(
+    out_dir: Path | None = None, special_tokens: list[str] = SPECIAL_TOKENS, vocab_size: int = 400
+):
+    """The tiny models' tokenizer, with LLaVA's special tokens.
+
+    Larger vocabularies (e.g. 32000, Llama-sized) are trained on made-up words as well.
+    """
+    corpus = _CORPUS if vocab_size <= 400 else _CORPUS + [" ".join(_syllable_words(vocab_size * 8))]
+    fast = train_bpe(corpus, special_tokens, vocab_size)
     if out_dir is not None:
         fast.save_pretrained(out_dir)
     return fast

@@ -39,8 +39,26 @@ def test_symbolic_form_and_captions():
         assert line.startswith(f"{obj.category}: [") and line.endswith("]")
         assert [float(v) for v in line.split("[")[1].rstrip("]").split(",")] == pytest.approx(list(obj.box))
     captions = scene.captions()
-    assert len(captions) == 3 and all(obj.category in " ".join(captions) for obj in scene.objects)
-    assert relation(*scene.objects[:2]) in captions[2]
+    assert all(obj.category in " ".join(captions) for obj in scene.objects)
+    pairs = scene.clear_pairs()
+    assert len(captions) == 2 + bool(pairs)
+    if pairs:
+        assert captions[2] == f"The {pairs[0][0].category} is {relation(*pairs[0])} the {pairs[0][1].category}."
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_grid_layout_one_object_per_cell_and_clear_relations(seed):
+    scene = make_scene(seed)
+    cells = {(int(o.centre[0] * 3), int(o.centre[1] * 3)) for o in scene.objects}
+    assert len(cells) == len(scene.objects)
+    for obj in scene.objects:  # each box lies inside its cell
+        col, row = int(obj.centre[0] * 3), int(obj.centre[1] * 3)
+        assert col / 3 <= obj.box[0] and obj.box[2] <= (col + 1) / 3 + 1e-9
+        assert row / 3 <= obj.box[1] and obj.box[3] <= (row + 1) / 3 + 1e-9
+    for q in questions(scene):
+        if q.kind == "relation":
+            (ax, ay), (bx, by) = [o.centre for o in scene.objects if o.category in q.text]
+            assert abs(abs(ax - bx) - abs(ay - by)) >= 0.1
 
 
 @pytest.mark.parametrize("seed", range(60))

@@ -24,50 +24,44 @@ SPECIAL = ["<unk>", "<s>", "<pad>", "</s>"]  # </s> is not id 2: CLIP's text poo
 
 @dataclass(frozen=True)
 class ClipConfig:
-    image_size: int = 64
-    patch_size: int = 8
+    image_size: int = 96
+    patch_size: int = 32  # 3 x 3 = 9 image tokens: one per cell of the world's grid
     hidden: int = 128
     layers: int = 4
     heads: int = 2
     text_hidden: int = 128
     text_layers: int = 2
     projection_dim: int = 128
-    steps: int = 400
+    steps: int = 450
     batch: int = 128
+    scenes: int = 2500  # training scenes it sees, each with its near-twins (train.world.variants)
     lr: float = 1e-3
+    bf16: bool = True  # autocast matmuls to bf16 (AMX/AVX-512-BF16 CPUs and GPUs run them much faster)
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class LmConfig:
-    hidden: int = 256
-    layers: int = 4
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate: int = 688
-    steps: int = 300
+    hidden: int = 192
+    layers: int = 3
+    heads: int = 3  # head size 64, one vLLM's CPU attention supports
+    kv_heads: int = 3
+    intermediate: int = 512
+    steps: int = 150
     batch: int = 32
     max_length: int = 256
     lr: float = 2e-3
+    bf16: bool = True
     seed: int = 0
 
 
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 1024):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer trained on the world's text, saved to ``out``."""
+    from llava_model.tiny import train_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
-    fast.save_pretrained(out)
-    return fast
+    tok = train_bpe(texts, SPECIAL, vocab_size)
+    tok.save_pretrained(out)
+    return tok
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
@@ -76,15 +70,37 @@ def _cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _bar(total: int, desc: str, progress: bool):
+def _fit(model, loss_fn, steps: int, lr: float, weight_decay: float, bf16: bool, desc: str,
+         progress: bool) -> list[float]:
+    """AdamW with warm-up and cosine decay on ``loss_fn(step)``; bf16 autocast on the CPU."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not progress)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses = []
+    bar = tqdm(total=steps, desc=desc, disable=not progress)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * _cosine(step, steps, max(1, steps // 20))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # the tiny models train on the CPU
+            loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    return losses
 
 
 def train_clip(pixels: torch.Tensor, captions: list[list[str]], tokenizer, cfg: ClipConfig, out: Path,
-               progress: bool = True) -> list[float]:
-    """Contrastive CLIP on (image, one of its captions) pairs; saves a ``CLIPModel`` to ``out``."""
+               progress: bool = True, groups: list[list[int]] | None = None) -> list[float]:
+    """Contrastive CLIP on (image, one of its captions) pairs; saves a ``CLIPModel`` to ``out``.
+
+    ``groups`` (lists of image indices, e.g. a scene and its near-twins) enter a batch
+    together, so each image's hardest negatives are in its batch.
+    """
     from transformers import CLIPConfig, CLIPModel
 
     from llava_model.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -103,25 +119,21 @@ def train_clip(pixels: torch.Tensor, captions: list[list[str]], tokenizer, cfg: 
         projection_dim=cfg.projection_dim,
     )
     model = CLIPModel(config).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
-    losses = []
-    bar = _bar(cfg.steps, "clip", progress)
-    for step in range(cfg.steps):
-        idx = rng.sample(range(len(captions)), cfg.batch)
+
+    def loss(step: int) -> torch.Tensor:
+        if groups:
+            idx = []
+            while len(idx) < cfg.batch:
+                idx += rng.choice(groups)
+            idx = idx[:cfg.batch]
+        else:
+            idx = rng.sample(range(len(captions)), cfg.batch)
         texts = [rng.choice(captions[i]) + "</s>" for i in idx]
         enc = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * _cosine(step, cfg.steps, max(1, cfg.steps // 20))
-        loss = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                     pixel_values=pixels[idx], return_loss=True).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                     pixel_values=pixels[idx].float(), return_loss=True).loss
+
+    losses = _fit(model, loss, cfg.steps, cfg.lr, 0.05, cfg.bf16, "clip", progress)
     model.eval().save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": cfg.image_size},
@@ -157,25 +169,15 @@ def train_lm(texts: list[str], tokenizer, cfg: LmConfig, out: Path, progress: bo
         pad_token_id=tokenizer.pad_token_id, initializer_range=0.02,
     )
     model = LlamaForCausalLM(config).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    losses = []
-    bar = _bar(cfg.steps, "lm", progress)
-    for step in range(cfg.steps):
+
+    def loss(step: int) -> torch.Tensor:
         batch = [texts[i] for i in rng.sample(range(len(texts)), cfg.batch)]
         enc = tokenizer(batch, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * _cosine(step, cfg.steps, max(1, cfg.steps // 20))
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+
+    losses = _fit(model, loss, cfg.steps, cfg.lr, 0.01, cfg.bf16, "lm", progress)
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return losses

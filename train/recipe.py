@@ -29,9 +29,9 @@ class RecipeConfig:
     lm: LmConfig = LmConfig()
     projector_type: str = "mlp2x_gelu"
     stage1: StageConfig = StageConfig(stage=1, chat_format="plain", global_batch=64, per_device_batch=64,
-                                      lr=2e-3, max_steps=150, max_length=256)
+                                      lr=2e-3, max_steps=80, max_length=256, bf16=True)
     stage2: StageConfig = StageConfig(stage=2, chat_format="vicuna_v1", global_batch=32, per_device_batch=32,
-                                      lr=1e-3, max_steps=600, max_length=512, warmup_ratio=0.03)
+                                      lr=1e-3, max_steps=700, max_length=512, warmup_ratio=0.03, bf16=True)
     threads: int = 0  # torch threads (0: leave torch's default)
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -39,14 +39,14 @@ class RecipeConfig:
 
 PRESETS = {
     "default": RecipeConfig(),
-    "ci": RecipeConfig(
-        world=WorldDataConfig(scenes=600),
-        clip=ClipConfig(steps=60, batch=64),
-        lm=LmConfig(hidden=128, layers=2, heads=2, kv_heads=1, intermediate=344, steps=60),
+    "ci": RecipeConfig(  # the same recipe, small enough for the test suite (about 2 minutes)
+        world=WorldDataConfig(scenes=1000),
+        clip=ClipConfig(steps=150, batch=64, scenes=800),
+        lm=LmConfig(hidden=128, layers=2, heads=2, kv_heads=2, intermediate=256, steps=80),
         stage1=StageConfig(stage=1, chat_format="plain", global_batch=32, per_device_batch=32, lr=2e-3,
-                           max_steps=30, max_length=256),
-        stage2=StageConfig(stage=2, chat_format="vicuna_v1", global_batch=16, per_device_batch=16, lr=1e-3,
-                           max_steps=120, max_length=512),
+                           max_steps=20, max_length=256, bf16=True),
+        stage2=StageConfig(stage=2, chat_format="vicuna_v1", global_batch=16, per_device_batch=16, lr=2e-3,
+                           max_steps=250, max_length=512, bf16=True),
     ),
 }
 
@@ -73,18 +73,13 @@ def _step(name: str, path: Path, log: dict, fn) -> None:
     print(f"[{name}] done in {info['seconds']} s", flush=True)
 
 
-def _pixels(samples: list[dict], root: Path, image_size: int) -> torch.Tensor:
-    """Every scene's image through the server's preprocessing, once, for CLIP training."""
-    from PIL import Image
-
+def _pixels(images: list, image_size: int) -> torch.Tensor:
+    """Images through the server's preprocessing, once, kept in bf16 for CLIP training."""
     from llava_model.image_processing import ImageProcessingConfig, preprocess_images
 
     cfg = ImageProcessingConfig(image_size=image_size, shortest_edge=image_size, aspect_mode="pad")
-    out = []
-    for i in range(0, len(samples), 256):
-        images = [Image.open(root / s["image"]) for s in samples[i:i + 256]]
-        out.append(preprocess_images(images, cfg))
-    return torch.cat(out)
+    return torch.cat([preprocess_images(images[i:i + 256], cfg).to(torch.bfloat16)
+                      for i in range(0, len(images), 256)])
 
 
 def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir: str | Path | None = None) -> dict:
@@ -118,13 +113,20 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
 
     def clip_step(path: Path) -> dict:
-        by_image: dict[str, list[str]] = {}
-        for s in captions:
-            by_image.setdefault(s["image"], []).append(s["conversations"][1]["value"])
-        images = sorted(by_image, key=lambda k: int(k.split("-")[-1].split(".")[0]))
-        pixels = _pixels([{"image": i} for i in images], data, cfg.clip.image_size)
-        losses = train_clip(pixels, [by_image[i] for i in images], tokenizer, cfg.clip, path, cfg.progress)
-        return {"first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
+        import random
+
+        from train.world import make_scene, variants
+
+        rng = random.Random(cfg.clip.seed)
+        scenes, groups = [], []
+        for seed in range(cfg.world.first_seed, cfg.world.first_seed + min(cfg.clip.scenes, cfg.world.scenes)):
+            family = [make_scene(seed, cfg.world.world)]
+            family += variants(family[0], rng)
+            groups.append(list(range(len(scenes), len(scenes) + len(family))))
+            scenes += family
+        pixels = _pixels([s.render() for s in scenes], cfg.clip.image_size)
+        losses = train_clip(pixels, [s.captions() for s in scenes], tokenizer, cfg.clip, path, cfg.progress, groups)
+        return {"images": len(scenes), "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
     _step("clip", work / "clip", log, clip_step)
 

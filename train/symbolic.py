@@ -46,9 +46,23 @@ def box_centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
+CLEAR_MARGIN = 0.1  # relations closer to the diagonal than this are not asked or stated
+
+
 def box_relation(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> str:
     """Where box ``a`` is relative to box ``b``, along the axis where they differ most."""
     (ax, ay), (bx, by) = box_centre(a), box_centre(b)
     if abs(ax - bx) >= abs(ay - by):
         return "left of" if ax < bx else "right of"
     return "above" if ay < by else "below"
+
+
+def relation_is_clear(a: tuple[float, float, float, float], b: tuple[float, float, float, float],
+                      margin: float = CLEAR_MARGIN) -> bool:
+    """True when one axis separates the centres by ``margin`` more than the other does.
+
+    Near the diagonal the answer would hinge on a few pixels; such pairs are left out of
+    captions and questions so that every stated relation is plain to see.
+    """
+    (ax, ay), (bx, by) = box_centre(a), box_centre(b)
+    return abs(abs(ax - bx) - abs(ay - by)) >= margin

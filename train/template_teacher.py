@@ -11,7 +11,7 @@ import itertools
 import random
 import re
 
-from train.symbolic import KINDS, SymbolicContext, SymbolicObject, box_centre, box_relation
+from train.symbolic import KINDS, SymbolicContext, SymbolicObject, box_centre, box_relation, relation_is_clear
 
 _BACKGROUND = re.compile(r"on (?:a )?(\w+)(?: background)?[.:]")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -27,11 +27,15 @@ def _centre(obj: SymbolicObject) -> tuple[float, float]:
 
 
 def _size(obj: SymbolicObject) -> str:
-    return "large" if obj.box[2] - obj.box[0] >= 0.2 else "small"
+    return "large" if obj.box[2] - obj.box[0] >= 0.24 else "small"
 
 
 def relation(a: SymbolicObject, b: SymbolicObject) -> str:
     return box_relation(a.box, b.box)
+
+
+def clear_pairs(objs: list[SymbolicObject]) -> list[tuple[SymbolicObject, SymbolicObject]]:
+    return [(a, b) for a in objs for b in objs if a is not b and relation_is_clear(a.box, b.box)]
 
 
 def region(obj: SymbolicObject) -> str:
@@ -106,9 +110,10 @@ class _Facts:
         return f"Can you see a {probe}?", f"Yes, there is a {probe}." if yes else f"No, there is no {probe}."
 
     def relation(self, short: bool) -> tuple[str, str] | None:
-        if len(self.objs) < 2:
+        pairs = clear_pairs(self.objs)
+        if not pairs:
             return None
-        a, b = self.rng.sample(self.objs, 2)
+        a, b = self.rng.choice(pairs)
         rel = relation(a, b)
         if short:
             return ((f"Where is the {a.category} relative to the {b.category}? "
@@ -155,7 +160,8 @@ def describe(context: SymbolicContext) -> str:
     for obj in objs:
         parts.append(f"There is a {_size(obj)} {obj.category} {region(obj)}.")
     for a, b in itertools.pairwise(objs):
-        parts.append(f"The {a.category} is {relation(a, b)} the {b.category}.")
+        if relation_is_clear(a.box, b.box):
+            parts.append(f"The {a.category} is {relation(a, b)} the {b.category}.")
     return " ".join(parts)
 
 
@@ -191,10 +197,12 @@ DETAIL_PROMPTS = (
 )
 
 
-def template_conversation(context: SymbolicContext, kind: str, seed: int = 0) -> list[dict]:
+def template_conversation(context: SymbolicContext, kind: str, seed: int = 0,
+                          turns: tuple[int, int] = (3, 5)) -> list[dict]:
     """LLaVA ``conversations`` of one response type, written from ``context`` only.
 
     No ``<image>`` token: whoever builds the training sample adds it to the first turn.
+    ``turns`` bounds the number of question-answer pairs of a conversation.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown response type {kind!r}; expected one of {KINDS}")
@@ -203,7 +211,7 @@ def template_conversation(context: SymbolicContext, kind: str, seed: int = 0) ->
     rng = random.Random(f"{context.image_id}/{kind}/{seed}")
     facts = _Facts(context, rng)
     if kind == "conversation":
-        pairs = _conversation(facts, rng, rng.randint(3, 5))
+        pairs = _conversation(facts, rng, rng.randint(*turns))
     elif kind == "detail":
         pairs = [(rng.choice(DETAIL_PROMPTS), describe(context))]
     else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-from train.symbolic import box_relation
+from train.symbolic import box_relation, relation_is_clear
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -20,7 +20,7 @@ COLOURS = {
 }
 BACKGROUNDS = {"grey": (128, 128, 128), "beige": (225, 210, 180), "teal": (40, 120, 130), "navy": (30, 40, 80)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.14, "large": 0.26}  # side of the bounding box, as a fraction of the image
+SIZES = {"small": 0.2, "large": 0.28}  # side of the bounding box, as a fraction of the image
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class WorldConfig:
     image_size: int = 224
     min_objects: int = 1
     max_objects: int = 4
-    max_overlap: float = 0.0  # largest allowed intersection-over-smaller-box between two objects
+    grid: int = 3  # > 0: each object inside its own cell of a grid x grid layout; 0: anywhere
+    max_overlap: float = 0.0  # free placement: largest allowed intersection-over-smaller-box
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ class Scene:
         """The teacher's view: one ``category: [x1, y1, x2, y2]`` line per object."""
         return "\n".join(f"{o.category}: [{', '.join(f'{v:.3f}' for v in o.box)}]" for o in self.objects)
 
+    def clear_pairs(self) -> list[tuple["SceneObject", "SceneObject"]]:
+        """Ordered pairs of objects whose relative position is unambiguous."""
+        return [(a, b) for a in self.objects for b in self.objects
+                if a is not b and relation_is_clear(a.box, b.box)]
+
     def captions(self) -> list[str]:
         names = [f"a {o.size} {o.category}" for o in self.objects]
         listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
@@ -82,8 +88,9 @@ class Scene:
             f"{listing[0].upper()}{listing[1:]} on a {self.background} background.",
             f"A picture of {count} {noun} on {self.background}: {listing}.",
         ]
-        if count >= 2:
-            a, b = self.objects[0], self.objects[1]
+        pairs = self.clear_pairs()
+        if pairs:
+            a, b = pairs[0]
             out.append(f"The {a.category} is {relation(a, b)} the {b.category}.")
         return out
 
@@ -110,6 +117,7 @@ def make_scene(seed: int, config: WorldConfig = WorldConfig()) -> Scene:
     objects: list[SceneObject] = []
     used: set[tuple[str, str]] = set()
     attempts = 0
+    cells = rng.sample(range(config.grid * config.grid), config.grid * config.grid) if config.grid else []
     while len(objects) < count and attempts < 200:
         attempts += 1
         shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
@@ -117,7 +125,13 @@ def make_scene(seed: int, config: WorldConfig = WorldConfig()) -> Scene:
             continue
         size = rng.choice(sorted(SIZES))
         side = SIZES[size]
-        x1, y1 = rng.uniform(0.02, 0.98 - side), rng.uniform(0.02, 0.98 - side)
+        if config.grid:
+            cell = 1 / config.grid
+            row, col = divmod(cells[len(objects)], config.grid)
+            x1 = col * cell + rng.uniform(0.02, cell - side - 0.02)
+            y1 = row * cell + rng.uniform(0.02, cell - side - 0.02)
+        else:
+            x1, y1 = rng.uniform(0.02, 0.98 - side), rng.uniform(0.02, 0.98 - side)
         box = (round(x1, 3), round(y1, 3), round(x1 + side, 3), round(y1 + side, 3))
         if any(_overlap(box, o.box) > config.max_overlap for o in objects):
             continue
@@ -156,8 +170,45 @@ def questions(scene: Scene, seed: int | None = None) -> list[Question]:
         absent = [f"{c} {s}" for c in sorted(COLOURS) for s in SHAPES if f"{c} {s}" not in {o.category for o in objs}]
         probe = rng.choice(absent)
     out.append(Question("exists", f"Is there a {probe} in the image? Answer yes or no.", "yes" if present else "no"))
-    if len(objs) >= 2:
-        a, b = rng.sample(objs, 2)
+    pairs = scene.clear_pairs()
+    if pairs:
+        a, b = rng.choice(pairs)
         out.append(Question("relation", f"Where is the {a.category} relative to the {b.category}? "
                                         "Answer left of, right of, above or below.", relation(a, b)))
     return out
+
+
+def variants(scene: Scene, rng: random.Random) -> list[Scene]:
+    """Near-twins of ``scene`` for contrastive training: other shapes, colours moved to
+    other objects, two objects trading places. Put in one batch with the original, they
+    are the negatives that make a contrastive model see shape, binding and position,
+    not only which colours are present."""
+    objs = list(scene.objects)
+    out = []
+    used = {o.category for o in objs}
+    reshaped = []
+    for o in objs:
+        options = [s for s in SHAPES if s != o.shape and f"{o.colour} {s}" not in used]
+        new = rng.choice(options) if options else o.shape
+        used.add(f"{o.colour} {new}")
+        reshaped.append(SceneObject(new, o.colour, o.size, o.box))
+    out.append(Scene(scene.seed, scene.background, tuple(reshaped), scene.config))
+    if len(objs) >= 2:
+        colours = [o.colour for o in objs]
+        moved = colours[1:] + colours[:1]  # every object takes the next one's colour
+        recoloured = [SceneObject(o.shape, c, o.size, o.box) for o, c in zip(objs, moved, strict=True)]
+        if len({o.category for o in recoloured}) == len(objs) and moved != colours:
+            out.append(Scene(scene.seed, scene.background, tuple(recoloured), scene.config))
+        i, j = rng.sample(range(len(objs)), 2)
+        swapped = list(objs)
+        swapped[i], swapped[j] = _moved(objs[i], objs[j].centre), _moved(objs[j], objs[i].centre)
+        out.append(Scene(scene.seed, scene.background, tuple(swapped), scene.config))
+    return out
+
+
+def _moved(obj: SceneObject, centre: tuple[float, float]) -> SceneObject:
+    half = (obj.box[2] - obj.box[0]) / 2
+    x = min(max(centre[0], half), 1 - half)
+    y = min(max(centre[1], half), 1 - half)
+    return SceneObject(obj.shape, obj.colour, obj.size, (round(x - half, 3), round(y - half, 3),
+                                                        round(x + half, 3), round(y + half, 3)))
