@@ -39,14 +39,14 @@ class RecipeConfig:
 
 PRESETS = {
     "default": RecipeConfig(),
-    "ci": RecipeConfig(  # the same recipe, small enough for the test suite (about 2 minutes)
-        world=WorldDataConfig(scenes=1000),
-        clip=ClipConfig(steps=150, batch=64, scenes=800),
-        lm=LmConfig(hidden=128, layers=2, heads=2, kv_heads=2, intermediate=256, steps=80),
+    "ci": RecipeConfig(  # the same recipe and sizes, fewer scenes and steps (a few minutes)
+        world=WorldDataConfig(scenes=1500),
+        clip=ClipConfig(steps=200, batch=64, scenes=1000),
+        lm=LmConfig(steps=80),
         stage1=StageConfig(stage=1, chat_format="plain", global_batch=32, per_device_batch=32, lr=2e-3,
                            max_steps=20, max_length=256, bf16=True),
-        stage2=StageConfig(stage=2, chat_format="vicuna_v1", global_batch=16, per_device_batch=16, lr=2e-3,
-                           max_steps=250, max_length=512, bf16=True),
+        stage2=StageConfig(stage=2, chat_format="vicuna_v1", global_batch=32, per_device_batch=32, lr=2e-3,
+                           max_steps=300, max_length=512, bf16=True),
     ),
 }
 
