@@ -137,3 +137,25 @@ def test_images_load_lazily_with_the_server_preprocessing(tmp_path):
     assert batch["input_ids"].shape[0] == 2
     short = int(batch["attention_mask"][1].sum())
     assert (batch["labels"][1, short:] == IGNORE).all() and (batch["input_ids"][1, short:] == TOKENIZER.pad_token_id).all()
+
+
+def test_exported_jinja_template_renders_exactly_the_builtin_vicuna_v1():
+    from server.chat.protocol import Message
+    from server.chat.templates import _jinja, choose_template
+    from train.export import chat_template
+
+    class Tok:
+        chat_template = None
+        bos_token, eos_token = "<s>", "</s>"
+
+    conversations = [
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}},
+                                      {"type": "text", "text": "What?"}]}],
+        [{"role": "system", "content": "Sys A"}, {"role": "system", "content": "Sys B"},
+         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+         {"role": "user", "content": "again"}],
+    ]
+    render = _jinja(chat_template("vicuna_v1"), Tok())
+    for conv in conversations:
+        messages = [Message.model_validate(m) for m in conv]
+        assert render(messages) == choose_template("vicuna_v1", Tok(), "llama").render(messages)

@@ -54,8 +54,13 @@ def image_processor_config(vision_dir: str, image_size: int, aspect_mode: str) -
 
 def assemble(cfg: AssembleConfig):
     """(model, tokenizer, processor config dict): a transformers LLaVA in fp32."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, LlavaConfig
-    from transformers import LlavaForConditionalGeneration
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        CLIPVisionModel,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
     from llava_model.hf_projector import replace_hf_projector

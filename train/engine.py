@@ -42,6 +42,12 @@ def _accelerator(cfg: StageConfig):
         if not torch.cuda.is_available():
             raise ValueError("accelerate shards with FSDP only on GPUs; on CPU run DDP (drop --fsdp)")
         fsdp = FullyShardedDataParallelPlugin(use_orig_params=True, sync_module_states=False)
+    # One process may train several stages with different settings (the recipe does, tests do);
+    # accelerate keeps its state per process, so start each stage from a clean one (the
+    # process group, if any, is kept).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     # cpu=True is what makes accelerate pick gloo for a torchrun launch on a machine without GPUs.
     return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", fsdp_plugin=fsdp, cpu=not torch.cuda.is_available())
 

@@ -39,7 +39,7 @@ def adapter_state(peft_model) -> dict[str, torch.Tensor]:
         if marker not in name or "lora_" not in name:
             continue  # the projector trains in full; it is part of the base weights
         rest = name.split(marker, 1)[1]
-        rest = rest[len("model."):] if rest.startswith("model.") else rest
+        rest = rest.removeprefix("model.")
         out[LLM_LORA_PREFIX + rest] = tensor.detach().contiguous()
     return out
 
