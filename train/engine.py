@@ -91,7 +91,7 @@ def _save(acc, out: Path, step: int, keep: int, extra: dict) -> None:
     acc.wait_for_everyone()
 
 
-def _load(cfg: StageConfig, acc):
+def _load(cfg: StageConfig):
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     from llava_model.hf_projector import projector_type_of, replace_hf_projector
@@ -136,7 +136,7 @@ def train_stage(cfg: StageConfig, export_dir: str | Path | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = _load(cfg, acc)
+    model, tokenizer = _load(cfg)
     image_cfg, processor_raw = _image_config(cfg.model, model.config.vision_config.image_size)
     samples = load_samples(cfg.data, cfg.image_root or None)
     ds = LlavaDataset(samples, tokenizer, cfg.chat_format, num_image_tokens(model.config), cfg.max_length,
