@@ -44,6 +44,10 @@ def test_symbolic_form_and_captions():
     assert len(captions) == 2 + bool(pairs)
     if pairs:
         assert captions[2] == f"The {pairs[0][0].category} is {relation(*pairs[0])} the {pairs[0][1].category}."
+    layout = scene.layout_captions()
+    for text in layout:  # every object with its place, size, colour and shape
+        assert all(f"{o.place}: a {o.size} {o.category}" in text.lower() for o in scene.objects)
+    assert sorted(layout[0].lower().split("; ")) == sorted(layout[1].lower().split("; "))
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -36,8 +36,18 @@ class ClipConfig:
     batch: int = 128
     scenes: int = 2500  # training scenes it sees, each with its near-twins (train.world.variants)
     lr: float = 1e-3
+    # Options measured in the 2026-11-28 session (see README, "what limits the built-in model"):
+    position_std: float = 0.0  # > 0: re-initialise the vision position embeddings at this scale
+    captions: str = "all"  # "all": every caption of a scene; "layout": place+size+colour+shape of each object
+    reshapes: int = 1  # near-twins with other shapes per scene (train.world.variants)
     bf16: bool = True  # autocast matmuls to bf16 (AMX/AVX-512-BF16 CPUs and GPUs run them much faster)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.captions not in ("all", "layout"):
+            raise ValueError(f"ClipConfig.captions must be 'all' or 'layout', got {self.captions!r}")
+        if self.reshapes < 0 or self.position_std < 0:
+            raise ValueError("ClipConfig.reshapes and position_std must not be negative")
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,11 @@ def train_clip(pixels: torch.Tensor, captions: list[list[str]], tokenizer, cfg: 
         projection_dim=cfg.projection_dim,
     )
     model = CLIPModel(config).train()
+    if cfg.position_std:
+        # With CLIP's tiny initial position embeddings (0.02) a briefly trained tower drops where
+        # a patch is (a probe on its tokens finds row and column at chance); at 1.0, as large as
+        # the patch content, every token keeps its place (probe: 100 %).
+        torch.nn.init.normal_(model.vision_model.embeddings.position_embedding.weight, std=cfg.position_std)
 
     def loss(step: int) -> torch.Tensor:
         if groups:

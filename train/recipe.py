@@ -2,11 +2,14 @@
 assembled LLaVA -> stage 1 -> stage 2 -> ``models/default``.
 
 Every step writes its output under the work directory and is skipped when that output
-is already complete, so an interrupted build resumes where it stopped; the final
+is already complete and was made from the same settings (each step records a fingerprint
+of its own settings and of the steps it depends on; a changed setting redoes that step
+and everything after it), so an interrupted build resumes where it stopped; the final
 model is renamed into place only when stage 2 has exported it. Same config, same
 seeds, same threads: the same weights.
 """
 
+import hashlib
 import json
 import shutil
 import time
@@ -51,26 +54,34 @@ PRESETS = {
 }
 
 
-def _done(path: Path) -> bool:
-    return (path / ".done").is_file()
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _mark(path: Path, info: dict) -> None:
-    (path / ".done").write_text(json.dumps(info))
+def _finished(path: Path, fingerprint: str) -> dict | None:
+    """What the step at ``path`` recorded, if it completed with these settings."""
+    try:
+        info = json.loads((path / ".done").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if info.get("fingerprint") == fingerprint else None
 
 
-def _step(name: str, path: Path, log: dict, fn) -> None:
-    if _done(path):
-        log[name] = json.loads((path / ".done").read_text()) | {"skipped": True}
-        return
+def _step(name: str, path: Path, log: dict, fn, fingerprint: str) -> str:
+    previous = _finished(path, fingerprint)
+    if previous is not None:
+        log[name] = previous | {"skipped": True}
+        return fingerprint
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     t0 = time.perf_counter()
     info = fn(path) or {}
     info["seconds"] = round(time.perf_counter() - t0, 1)
-    _mark(path, info)
+    info["fingerprint"] = fingerprint
+    (path / ".done").write_text(json.dumps(info))
     log[name] = info
     print(f"[{name}] done in {info['seconds']} s", flush=True)
+    return fingerprint
 
 
 def _pixels(images: list, image_size: int) -> torch.Tensor:
@@ -98,7 +109,7 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
         paths = write_world_data(path, cfg.world)
         return {k: str(v) for k, v in paths.items()}
 
-    _step("world", data, log, world)
+    fp_world = _step("world", data, log, world, _fingerprint(cfg.world))
     captions = json.loads((data / "captions.json").read_text())
     instruct = json.loads((data / "instruct.json").read_text())
     texts = lm_texts([s["conversations"] for s in instruct], [s["conversations"][1]["value"] for s in captions])
@@ -107,7 +118,7 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
         tok = train_tokenizer(texts, path, cfg.vocab_size)
         return {"vocab": len(tok)}
 
-    _step("tokenizer", work / "tokenizer", log, tokenizer_step)
+    fp_tok = _step("tokenizer", work / "tokenizer", log, tokenizer_step, _fingerprint(fp_world, cfg.vocab_size))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
@@ -121,20 +132,21 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
         scenes, groups = [], []
         for seed in range(cfg.world.first_seed, cfg.world.first_seed + min(cfg.clip.scenes, cfg.world.scenes)):
             family = [make_scene(seed, cfg.world.world)]
-            family += variants(family[0], rng)
+            family += variants(family[0], rng, cfg.clip.reshapes)
             groups.append(list(range(len(scenes), len(scenes) + len(family))))
             scenes += family
         pixels = _pixels([s.render() for s in scenes], cfg.clip.image_size)
-        losses = train_clip(pixels, [s.captions() for s in scenes], tokenizer, cfg.clip, path, cfg.progress, groups)
+        captions = [s.layout_captions() if cfg.clip.captions == "layout" else s.captions() for s in scenes]
+        losses = train_clip(pixels, captions, tokenizer, cfg.clip, path, cfg.progress, groups)
         return {"images": len(scenes), "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
-    _step("clip", work / "clip", log, clip_step)
+    fp_clip = _step("clip", work / "clip", log, clip_step, _fingerprint(fp_tok, cfg.clip))
 
     def lm_step(path: Path) -> dict:
         losses = train_lm(texts, tokenizer, cfg.lm, path, cfg.progress)
         return {"first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
-    _step("lm", work / "lm", log, lm_step)
+    fp_lm = _step("lm", work / "lm", log, lm_step, _fingerprint(fp_tok, cfg.lm))
 
     def assemble_step(path: Path) -> dict:
         from train.export import export
@@ -144,19 +156,19 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
         export(model, tok, processor, path, "plain", {"stage": 0})
         return {}
 
-    _step("assemble", work / "assembled", log, assemble_step)
+    fp = _step("assemble", work / "assembled", log, assemble_step, _fingerprint(fp_clip, fp_lm, cfg.projector_type))
 
-    def stage(name: str, stage_cfg: StageConfig, model_dir: Path, data_file: str):
+    def stage(name: str, stage_cfg: StageConfig, model_dir: Path, data_file: str, upstream: str) -> str:
         def run(path: Path) -> dict:
             full = replace(stage_cfg, model=str(model_dir), data=str(data / data_file), image_root=str(data),
                            output_dir=str(path / "run"), progress=cfg.progress)
             result = train_stage(full, export_dir=path / "model")
             shutil.rmtree(path / "run" / f"checkpoint-{result['steps']}", ignore_errors=True)
             return result
-        _step(name, work / name, log, run)
+        return _step(name, work / name, log, run, _fingerprint(upstream, stage_cfg))
 
-    stage("stage1", cfg.stage1, work / "assembled", "captions.json")
-    stage("stage2", cfg.stage2, work / "stage1" / "model", "instruct.json")
+    fp = stage("stage1", cfg.stage1, work / "assembled", "captions.json", fp)
+    stage("stage2", cfg.stage2, work / "stage1" / "model", "instruct.json", fp)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(work / "stage2" / "model", tmp)

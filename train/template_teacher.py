@@ -140,12 +140,12 @@ class _Facts:
 _CONVERSATION = ("count", "count_kind", "attribute", "exists", "relation", "where", "size", "background")
 
 
-def _conversation(facts: _Facts, rng: random.Random, turns: int) -> list[tuple[str, str]]:
+def _conversation(facts: _Facts, rng: random.Random, turns: int, short_odds: float) -> list[tuple[str, str]]:
     out, asked = [], set()
     for _ in range(turns * 4):
         if len(out) == turns:
             break
-        qa = getattr(facts, rng.choice(_CONVERSATION))(rng.random() < 0.6)
+        qa = getattr(facts, rng.choice(_CONVERSATION))(rng.random() < short_odds)
         if qa is not None and qa[0] not in asked:
             asked.add(qa[0])
             out.append(qa)
@@ -198,11 +198,12 @@ DETAIL_PROMPTS = (
 
 
 def template_conversation(context: SymbolicContext, kind: str, seed: int = 0,
-                          turns: tuple[int, int] = (3, 5)) -> list[dict]:
+                          turns: tuple[int, int] = (3, 5), short_odds: float = 0.6) -> list[dict]:
     """LLaVA ``conversations`` of one response type, written from ``context`` only.
 
     No ``<image>`` token: whoever builds the training sample adds it to the first turn.
-    ``turns`` bounds the number of question-answer pairs of a conversation.
+    ``turns`` bounds the number of question-answer pairs of a conversation; ``short_odds`` is
+    the share of them asked in the one-word-answer form (the form shapes-bench asks in).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown response type {kind!r}; expected one of {KINDS}")
@@ -211,7 +212,7 @@ def template_conversation(context: SymbolicContext, kind: str, seed: int = 0,
     rng = random.Random(f"{context.image_id}/{kind}/{seed}")
     facts = _Facts(context, rng)
     if kind == "conversation":
-        pairs = _conversation(facts, rng, rng.randint(*turns))
+        pairs = _conversation(facts, rng, rng.randint(*turns), short_odds)
     elif kind == "detail":
         pairs = [(rng.choice(DETAIL_PROMPTS), describe(context))]
     else:

@@ -21,6 +21,7 @@ COLOURS = {
 BACKGROUNDS = {"grey": (128, 128, 128), "beige": (225, 210, 180), "teal": (40, 120, 130), "navy": (30, 40, 80)}
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.2, "large": 0.28}  # side of the bounding box, as a fraction of the image
+PLACES = (("top left", "top", "top right"), ("left", "centre", "right"), ("bottom left", "bottom", "bottom right"))
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,17 @@ class SceneObject:
     @property
     def centre(self) -> tuple[float, float]:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        """Row and column of the third of the image its centre lies in."""
+        x, y = self.centre
+        return min(int(y * 3), 2), min(int(x * 3), 2)
+
+    @property
+    def place(self) -> str:
+        row, col = self.cell
+        return PLACES[row][col]
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,19 @@ class Scene:
             a, b = pairs[0]
             out.append(f"The {a.category} is {relation(a, b)} the {b.category}.")
         return out
+
+    def layout_captions(self) -> list[str]:
+        """Captions that pin down every object: place, size, colour and shape (reading order,
+        then a seeded shuffle). Contrastive training on these makes the vision tower keep
+        what sits where, which near-twin scenes differ in."""
+        ordered = sorted(self.objects, key=lambda o: o.cell)
+        shuffled = list(ordered)
+        random.Random(self.seed).shuffle(shuffled)
+
+        def text(objs) -> str:
+            text = "; ".join(f"{o.place}: a {o.size} {o.category}" for o in objs) + f"; on {self.background}."
+            return text[0].upper() + text[1:]
+        return [text(ordered), text(shuffled)]
 
 
 def relation(a: SceneObject, b: SceneObject) -> str:
@@ -178,21 +203,22 @@ def questions(scene: Scene, seed: int | None = None) -> list[Question]:
     return out
 
 
-def variants(scene: Scene, rng: random.Random) -> list[Scene]:
-    """Near-twins of ``scene`` for contrastive training: other shapes, colours moved to
-    other objects, two objects trading places. Put in one batch with the original, they
-    are the negatives that make a contrastive model see shape, binding and position,
-    not only which colours are present."""
+def variants(scene: Scene, rng: random.Random, reshapes: int = 1) -> list[Scene]:
+    """Near-twins of ``scene`` for contrastive training: other shapes (``reshapes`` times),
+    colours moved to other objects, two objects trading places. Put in one batch with the
+    original, they are the negatives that make a contrastive model see shape, binding and
+    position, not only which colours are present."""
     objs = list(scene.objects)
     out = []
-    used = {o.category for o in objs}
-    reshaped = []
-    for o in objs:
-        options = [s for s in SHAPES if s != o.shape and f"{o.colour} {s}" not in used]
-        new = rng.choice(options) if options else o.shape
-        used.add(f"{o.colour} {new}")
-        reshaped.append(SceneObject(new, o.colour, o.size, o.box))
-    out.append(Scene(scene.seed, scene.background, tuple(reshaped), scene.config))
+    for _ in range(reshapes):
+        used = {o.category for o in objs}
+        reshaped = []
+        for o in objs:
+            options = [s for s in SHAPES if s != o.shape and f"{o.colour} {s}" not in used]
+            new = rng.choice(options) if options else o.shape
+            used.add(f"{o.colour} {new}")
+            reshaped.append(SceneObject(new, o.colour, o.size, o.box))
+        out.append(Scene(scene.seed, scene.background, tuple(reshaped), scene.config))
     if len(objs) >= 2:
         colours = [o.colour for o in objs]
         moved = colours[1:] + colours[:1]  # every object takes the next one's colour
