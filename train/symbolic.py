@@ -49,6 +49,12 @@ def box_centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
 CLEAR_MARGIN = 0.1  # relations closer to the diagonal than this are not asked or stated
 
 
+def box_third(box: tuple[float, float, float, float]) -> tuple[int, int]:
+    """Row and column (0-2) of the third of the image the box's centre lies in."""
+    x, y = box_centre(box)
+    return (0 if y < 1 / 3 else 2 if y > 2 / 3 else 1), (0 if x < 1 / 3 else 2 if x > 2 / 3 else 1)
+
+
 def box_relation(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> str:
     """Where box ``a`` is relative to box ``b``, along the axis where they differ most."""
     (ax, ay), (bx, by) = box_centre(a), box_centre(b)

@@ -11,7 +11,15 @@ import itertools
 import random
 import re
 
-from train.symbolic import KINDS, SymbolicContext, SymbolicObject, box_centre, box_relation, relation_is_clear
+from train.symbolic import (
+    KINDS,
+    SymbolicContext,
+    SymbolicObject,
+    box_centre,
+    box_relation,
+    box_third,
+    relation_is_clear,
+)
 
 _BACKGROUND = re.compile(r"on (?:a )?(\w+)(?: background)?[.:]")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -39,9 +47,9 @@ def clear_pairs(objs: list[SymbolicObject]) -> list[tuple[SymbolicObject, Symbol
 
 
 def region(obj: SymbolicObject) -> str:
-    x, y = _centre(obj)
-    col = "left" if x < 1 / 3 else "right" if x > 2 / 3 else ""
-    row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
+    r, c = box_third(obj.box)
+    col = ("left", "", "right")[c]
+    row = ("top", "", "bottom")[r]
     if not row and not col:
         return "in the centre"
     if row and col:

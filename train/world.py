@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-from train.symbolic import box_relation, relation_is_clear
+from train.symbolic import box_relation, box_third, relation_is_clear
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -51,8 +51,7 @@ class SceneObject:
     @property
     def cell(self) -> tuple[int, int]:
         """Row and column of the third of the image its centre lies in."""
-        x, y = self.centre
-        return min(int(y * 3), 2), min(int(x * 3), 2)
+        return box_third(self.box)
 
     @property
     def place(self) -> str:
@@ -115,8 +114,8 @@ class Scene:
         random.Random(self.seed).shuffle(shuffled)
 
         def text(objs) -> str:
-            text = "; ".join(f"{o.place}: a {o.size} {o.category}" for o in objs) + f"; on {self.background}."
-            return text[0].upper() + text[1:]
+            line = "; ".join(f"{o.place}: a {o.size} {o.category}" for o in objs) + f"; on {self.background}."
+            return line[0].upper() + line[1:]
         return [text(ordered), text(shuffled)]
 
 
