@@ -1,8 +1,10 @@
 """Kernels behind one dispatch function per operation.
 
-Each operation has a plain PyTorch reference; faster paths (Triton on CUDA, a fused
-CPU path) sit behind the same call. ``LLAVA_KERNELS`` forces a path for testing
-(``reference``, ``fused`` or ``triton``; see ``kernels.dispatch``).
+Each operation (``projector``, ``preprocess``) has a plain PyTorch reference; faster
+paths (Triton on CUDA, a fused CPU path) sit behind the same call. ``LLAVA_KERNELS``
+forces a path for all operations (``reference``, ``fused``, ``triton``) or per operation
+(``projector=triton,preprocess=fused``); it is checked once at start-up
+(``kernels.dispatch.resolve_backends``).
 """
 
 from kernels.preprocess import normalize_images

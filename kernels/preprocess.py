@@ -8,6 +8,8 @@ whatever the canvas held there.
 
 The reference looks each byte up in a 256-entry table per channel; the fused CPU
 path is one strided conversion plus one multiply-add; the Triton path is one kernel.
+The multimodal processor runs this on CPU tensors; its backend is resolved once
+when the processor is set up (``kernels.dispatch``).
 """
 
 from collections.abc import Sequence
@@ -86,9 +88,15 @@ def normalize_fused_cpu(images, mean, std, rescale=1 / 255, dtype=torch.float32,
     return out if out.dtype == dtype else out.to(dtype)
 
 
-def normalize_images(images, mean, std, rescale=1 / 255, dtype=torch.float32, regions=None, fill=None):
-    """Dispatch to Triton (CUDA), the fused CPU path, or the reference."""
-    backend = choose_backend(images.device, fused_ok=True)
+def normalize_images(
+    images, mean, std, rescale=1 / 255, dtype=torch.float32, regions=None, fill=None, backend=None
+):
+    """Dispatch to Triton (CUDA), the fused CPU path, or the reference.
+
+    ``backend``: the processor's choice resolved at set-up; ``None`` reads
+    ``LLAVA_KERNELS`` now. One that cannot run on ``images.device`` gives way to ``auto``.
+    """
+    backend = choose_backend("preprocess", images.device, choice=backend)
     if backend == "triton":
         from kernels.triton_preprocess import normalize_triton
 

@@ -1,9 +1,11 @@
 """The LLaVA projector: vision features -> language-model embeddings.
 
 ``prepare_projector`` is the one entry point the model calls, once after its
-weights are loaded: it picks the backend for the weights' device and dtype and
-prepares the weights for it (oneDNN's blocked layout on CPU). The returned
-callable maps ``(tokens, vision_hidden)`` to ``(tokens, text_hidden)``.
+weights are loaded: it takes the backend resolved at model build
+(``kernels.dispatch.resolve_backends``), keeps it if it runs on the weights' device
+and dtype (else ``auto``'s pick there), and prepares the weights for it (oneDNN's
+blocked layout on CPU). The returned callable maps ``(tokens, vision_hidden)`` to
+``(tokens, text_hidden)``.
 
 Shapes: ``w1`` is ``(text_hidden, vision_hidden)``; ``w2`` is
 ``(text_hidden, text_hidden)``, or ``None`` for a single linear layer.
@@ -26,9 +28,6 @@ GELU_FORMS = {
 }
 
 ProjectorFn = Callable[[torch.Tensor], torch.Tensor]
-
-# Whether ``auto`` uses the Triton projector on CUDA; ``LLAVA_KERNELS=triton`` forces it.
-TRITON_PROJECTOR_PREFERRED = False
 
 
 def gelu_form(act: str) -> str:
@@ -62,19 +61,17 @@ def prepare_projector(
     w2: torch.Tensor | None,
     b2: torch.Tensor | None,
     act: str = "gelu",
+    backend: str | None = None,
 ) -> ProjectorFn:
-    """Choose the backend once and return ``x -> projector(x)``."""
-    gelu = gelu_form(act)
-    from kernels.cpu_projector import PackedCpuProjector, cpu_fused_available, cpu_fused_preferred
+    """Choose the backend once and return ``x -> projector(x)``.
 
-    # On CUDA, auto keeps cuBLAS + a separate GELU: on an H200 it measured 1.10-1.18x
-    # faster than our Triton epilogue-fused GEMM (benchmarks/results/projector_h200.md).
-    backend = choose_backend(
-        w1.device,
-        cpu_fused_available(w1.dtype),
-        fused_preferred=cpu_fused_preferred(w1.dtype),
-        triton_preferred=TRITON_PROJECTOR_PREFERRED,
-    )
+    ``backend``: the model's resolved choice; ``None`` reads ``LLAVA_KERNELS`` now.
+    (On CUDA, ``auto`` keeps cuBLAS + a separate GELU; see ``kernels.dispatch``.)
+    """
+    gelu = gelu_form(act)
+    from kernels.cpu_projector import PackedCpuProjector
+
+    backend = choose_backend("projector", w1.device, w1.dtype, backend)
     if backend == "fused":
         return PackedCpuProjector.pack(w1, b1, w2, b2, gelu)
     if backend == "triton":

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from llava_model.hf_projector import PROJECTOR_TYPES
+from llava_model.image_processing import aspect_mode_for
 
 TEXT_MODEL_TYPES = {"llava_llama": "llama", "llava": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2"}
 SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
@@ -185,13 +186,17 @@ def _write(opts, config, tokenizer, weights, src, tower_dir, image_size) -> None
     if tower_pre.exists():
         found = json.loads(tower_pre.read_text())
         preprocessor.update({k: found[k] for k in _PREPROCESSOR_KEYS if k in found})
-    aspect = src.get("image_aspect_ratio", "square")
-    if aspect not in ("pad", "square", "resize", "crop"):
-        raise ConversionError(f"image_aspect_ratio {aspect!r} is not supported (anyres needs LLaVA-NeXT)")
+    aspect = src.get("image_aspect_ratio", "square")  # the original repo's default
+    try:
+        mode = aspect_mode_for(aspect)
+    except ValueError:
+        raise ConversionError(
+            f"image_aspect_ratio {aspect!r} is not supported (anyres needs LLaVA-NeXT)"
+        ) from None
     preprocessor.update(
-        image_processor_type="LlavaImageProcessor" if aspect == "pad" else "CLIPImageProcessor",
-        do_pad=aspect == "pad",
-        image_aspect_ratio="crop" if aspect == "square" else aspect,
+        image_processor_type="LlavaImageProcessor" if mode == "pad" else "CLIPImageProcessor",
+        do_pad=mode == "pad",
+        image_aspect_ratio=mode,
     )
     (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     if opts.out.exists():

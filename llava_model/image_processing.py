@@ -9,6 +9,10 @@ Geometry per image, by ``aspect_mode``:
 - ``pad``    (LLaVA-1.5): pad to a square filled with the mean colour, then as ``crop``.
 - ``resize``: resize straight to ``image_size`` x ``image_size`` (aspect not kept).
 
+``image_aspect_ratio`` values of the original LLaVA repo map onto these modes in one
+place, ``aspect_mode_for``: there ``pad`` pads and anything else (``square``, the
+default) runs the CLIP processor as is, i.e. ``crop``.
+
 Resampling, by ``resampler``:
 - ``torch`` (default): PyTorch's antialiased bicubic/bilinear on uint8, vectorised
   and multi-threaded, 4-6x faster than PIL; every byte within two grey levels of
@@ -32,12 +36,27 @@ ASPECT_MODES: tuple[str, ...] = ("crop", "pad", "resize")
 RESAMPLERS: tuple[str, ...] = ("torch", "pil")
 _TORCH_MODES = {int(Image.Resampling.BICUBIC): "bicubic", int(Image.Resampling.BILINEAR): "bilinear"}
 
+# The original LLaVA repo's ``image_aspect_ratio`` spellings -> our modes. There, any
+# value but ``pad`` (and LLaVA-NeXT's ``anyres``) means CLIP's processor as is:
+# shortest-edge resize, then centre crop.
+ORIGINAL_ASPECT_RATIOS = {"pad": "pad", "square": "crop"}
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Modes whose alpha channel is composited onto white before dropping it.
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def aspect_mode_for(value: str) -> str:
+    """Our aspect mode for an ``image_aspect_ratio`` value: the original repo's or ours."""
+    mode = ORIGINAL_ASPECT_RATIOS.get(value, value)
+    if mode not in ASPECT_MODES:
+        raise ValueError(
+            f"aspect mode {value!r} is not one of {ASPECT_MODES} or {tuple(ORIGINAL_ASPECT_RATIOS)}"
+        )
+    return mode
 
 
 class ImageError(ValueError):
@@ -78,7 +97,8 @@ class ImageProcessingConfig:
         """Read a ``preprocessor_config.json`` (CLIP or LLaVA image processor).
 
         The mode comes from ``aspect_mode`` if given, else the file's
-        ``image_aspect_ratio`` (original LLaVA), else ``do_pad`` -> ``pad``, else ``crop``.
+        ``image_aspect_ratio`` (ours or the original LLaVA's, see ``aspect_mode_for``),
+        else ``do_pad`` -> ``pad``, else ``crop``.
         """
         crop = cfg.get("crop_size") or {"height": image_size, "width": image_size}
         crop_side = crop if isinstance(crop, int) else crop.get("height", image_size)
@@ -94,12 +114,10 @@ class ImageProcessingConfig:
         else:
             shortest = int(min(size.get("height", image_size), size.get("width", image_size)))
         mode = aspect_mode or cfg.get("image_aspect_ratio") or ("pad" if cfg.get("do_pad") else "crop")
-        if mode == "square":  # the original LLaVA repo's spelling of a plain resize
-            mode = "resize"
         return cls(
             image_size=image_size,
             shortest_edge=max(shortest, image_size),
-            aspect_mode=mode,  # validated in __post_init__
+            aspect_mode=aspect_mode_for(str(mode)),
             resample=int(cfg.get("resample", Image.Resampling.BICUBIC)),
             do_rescale=bool(cfg.get("do_rescale", True)),
             rescale_factor=float(cfg.get("rescale_factor", 1 / 255)),
@@ -114,15 +132,16 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode encoded bytes, checking the pixel count from the header first."""
     if not data:
         raise ImageError("image is empty (0 bytes)")
+    # PIL's messages can carry object reprs with heap addresses: say the reason in our words.
     try:
         image = Image.open(io.BytesIO(data))
-    except Exception as exc:  # PIL raises several types for unreadable data
-        raise ImageError(f"cannot decode image: {exc}") from None
+    except Exception:  # PIL raises several types for unreadable data
+        raise ImageError("cannot decode image: not an image in a format the server reads") from None
     _check_size(image, max_pixels)
     try:
         image.load()
-    except Exception as exc:
-        raise ImageError(f"cannot decode image: {exc}") from None
+    except Exception:
+        raise ImageError("cannot decode image: the image data is truncated or corrupt") from None
     return image
 
 
@@ -226,8 +245,12 @@ def preprocess_images(
     images: Sequence[object],
     cfg: ImageProcessingConfig,
     dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
 ) -> torch.Tensor:
-    """Images (any accepted form) -> ``(B, 3, S, S)`` pixel values in ``dtype``."""
+    """Images (any accepted form) -> ``(B, 3, S, S)`` pixel values in ``dtype``.
+
+    ``backend``: the normalisation kernel resolved at set-up (``kernels.dispatch``).
+    """
     arrays = []
     for index, raw in enumerate(images):
         try:
@@ -242,4 +265,4 @@ def preprocess_images(
     else:
         mean, std = cfg.image_mean, cfg.image_std
     rescale = cfg.rescale_factor if cfg.do_rescale else 1.0
-    return normalize_images(batch, mean, std, rescale, dtype)
+    return normalize_images(batch, mean, std, rescale, dtype, backend=backend)

@@ -24,6 +24,8 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 from vllm.utils.tensor_schema import TensorSchema, TensorShape
 
+from kernels.dispatch import resolve_backends
+from llava_model.completeness import missing_tensors, record_names
 from llava_model.processing import LlavaDummyInputsBuilder, LlavaMultiModalProcessor, LlavaProcessingInfo
 from llava_model.projector import LlavaProjector
 from llava_model.vision import build_vision_tower, extract_features, feature_layers
@@ -74,12 +76,16 @@ class LlavaForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP, S
             vocab_size=config.text_config.vocab_size,
             mm_token_ids=[config.image_token_index],
         )
+        # LLAVA_KERNELS is checked here, at engine start, never per request.
+        backends = resolve_backends(
+            torch.device(vllm_config.device_config.device_type), vllm_config.model_config.dtype
+        )
         with self._mark_tower_model(vllm_config, "image"):
             self.vision_tower = build_vision_tower(
                 config, vllm_config.quant_config, prefix=maybe_prefix(prefix, "vision_tower")
             )
             in_features = config.vision_config.hidden_size * len(self.feature_layers)
-            self.multi_modal_projector = LlavaProjector(config, in_features)
+            self.multi_modal_projector = LlavaProjector(config, in_features, backend=backends["projector"])
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,
@@ -136,17 +142,20 @@ class LlavaForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP, S
 
     # ---- weights ------------------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Load any known layout; raise if a parameter is left unfilled.
+        """Load any known layout; raise if a parameter, or one shard of a packed
+        parameter (``llava_model.completeness``), is left unfilled.
 
         Unknown tensor names raise inside vLLM's loader. Vision layers beyond the
         deepest feature layer and the unused ``post_layernorm`` are skipped on purpose.
         """
-        loaded = AutoWeightsLoader(self).load_weights(to_hub_layout(weights))
-        missing = sorted(set(dict(self.named_parameters())) - loaded)
+        seen: set[str] = set()
+        loaded = AutoWeightsLoader(self).load_weights(record_names(to_hub_layout(weights), seen))
+        params = [name for name, _ in self.named_parameters()]
+        missing = missing_tensors(params, loaded, seen, self.packed_modules_mapping)
         if missing:
             shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
             raise IncompleteCheckpointError(
-                f"checkpoint left {len(missing)} parameter(s) unfilled: {shown}"
+                f"checkpoint left {len(missing)} tensor(s) unfilled: {shown}"
             )
         self.multi_modal_projector.prepare()
         return loaded

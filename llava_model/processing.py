@@ -20,6 +20,7 @@ from vllm.multimodal.processing import (
     PromptUpdate,
 )
 
+from kernels.dispatch import resolve_backends
 from llava_model.image_processing import ImageProcessingConfig, preprocess_images
 from llava_model.vision import num_image_tokens
 
@@ -71,6 +72,13 @@ class LlavaProcessingInfo(BaseProcessingInfo):
     def model_dtype(self) -> torch.dtype:
         return self.ctx.model_config.dtype
 
+    def preprocess_backend(self) -> str:
+        """The normalisation kernel from ``LLAVA_KERNELS``; raises if it cannot run."""
+        from vllm.platforms import current_platform
+
+        device = torch.device(current_platform.device_type or "cpu")
+        return resolve_backends(device, self.model_dtype)["preprocess"]
+
 
 class LlavaDummyInputsBuilder(BaseDummyInputsBuilder[LlavaProcessingInfo]):
     """Inputs with the most image tokens, for vLLM's memory profiling."""
@@ -102,13 +110,18 @@ def _processor_options(kwargs: Mapping[str, object]) -> dict[str, object]:
 
 
 class LlavaMultiModalProcessor(BaseMultiModalProcessor[LlavaProcessingInfo]):
+    def __init__(self, info: LlavaProcessingInfo, dummy_inputs: LlavaDummyInputsBuilder) -> None:
+        super().__init__(info, dummy_inputs)
+        # Resolved once, when vLLM sets the processor up at start-up, never per request.
+        self.preprocess_backend = info.preprocess_backend()
+
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         options = _processor_options(self.info.ctx.get_merged_mm_kwargs(hf_kwargs))
         images = hf_data.get("images") or []
         if not images:
             return BatchFeature()
         cfg = self.info.image_config(options.get("image_aspect_ratio"))
-        pixel_values = preprocess_images(images, cfg, dtype=self.info.model_dtype)
+        pixel_values = preprocess_images(images, cfg, dtype=self.info.model_dtype, backend=self.preprocess_backend)
         return BatchFeature({"pixel_values": pixel_values})
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:

@@ -2,7 +2,8 @@
 
 Weights are replicated on every tensor-parallel rank: the projector is small next
 to the language model, and keeping it whole lets one fused kernel run it. The
-kernel is chosen, and its weights prepacked, once after loading (``prepare``).
+kernel is chosen, and its weights prepacked, once after loading (``prepare``), from
+the backend the model resolved at build time (``kernels.dispatch.resolve_backends``).
 """
 
 import torch
@@ -13,9 +14,10 @@ from llava_model.hf_projector import projector_type_of
 
 
 class LlavaProjector(nn.Module):
-    def __init__(self, config, in_features: int):
+    def __init__(self, config, in_features: int, backend: str | None = None):
         super().__init__()
         self.kind = projector_type_of(config)
+        self.backend = backend  # None: read LLAVA_KERNELS when preparing
         out_features = config.text_config.hidden_size
         bias = bool(getattr(config, "multimodal_projector_bias", True))
         self.act = config.projector_hidden_act or "gelu"
@@ -42,6 +44,7 @@ class LlavaProjector(nn.Module):
             None if second is None else second.weight.data,
             None if second is None or second.bias is None else second.bias.data,
             self.act,
+            backend=self.backend,
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

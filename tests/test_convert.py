@@ -7,6 +7,7 @@ import torch
 from vllm import SamplingParams
 
 from llava_model.convert import ConversionError, ConvertOptions, convert, rename_original
+from llava_model.image_processing import ImageProcessingConfig
 from llava_model.tiny import TinyLlavaSpec, build_tokenizer
 from tests.images import photo_like
 from tests.reference import hf_greedy
@@ -132,3 +133,22 @@ def test_missing_vision_tower_is_named(tmp_path):
     src, _, _ = make_original(tmp_path, projector="linear")
     with pytest.raises(ConversionError, match="--vision-tower"):
         convert(ConvertOptions(src, None, tmp_path / "hf"))
+
+
+@pytest.mark.parametrize("original,expected", [("pad", "pad"), ("square", "crop"), (None, "crop")])
+def test_aspect_ratio_means_the_same_to_converter_and_loader(tmp_path, original, expected):
+    """The converter's written mode, and the loader reading either that file or the
+    original value, agree: ``square`` (and no value) is CLIP's resize + centre crop."""
+    src, clip, _ = make_original(tmp_path, projector="linear")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.pop("image_aspect_ratio")
+    if original is not None:
+        cfg["image_aspect_ratio"] = original
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = convert(ConvertOptions(src, clip, tmp_path / "hf"))
+    written = json.loads((out / "preprocessor_config.json").read_text())
+    from_file = ImageProcessingConfig.from_hf_dict(written, SPEC.image_size).aspect_mode
+    raw = {} if original is None else {"image_aspect_ratio": original}
+    from_original = ImageProcessingConfig.from_hf_dict(raw, SPEC.image_size).aspect_mode
+    assert written["image_aspect_ratio"] == from_file == from_original == expected
+    assert written["do_pad"] == (expected == "pad")

@@ -44,6 +44,18 @@ def test_matches_transformers(resampler, mode, size, kind):
     assert (ours - ref).abs().mean() < MEAN_ATOL[resampler]
 
 
+@pytest.mark.parametrize("size", [(640, 480), (480, 640)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_original_square_is_clip_processing(size):
+    """The original LLaVA's ``image_aspect_ratio: square`` runs CLIP's processor as is
+    (shortest-edge resize, centre crop), so a non-square image is cropped, not squashed."""
+    side = 336
+    cfg = ImageProcessingConfig.from_hf_dict({"image_aspect_ratio": "square", "resampler": "pil"}, side)
+    image = photo_like(*size, seed=size[0])
+    ours = preprocess_images([image], cfg)
+    ref = hf_processor("crop", side)(images=[image], return_tensors="pt")["pixel_values"].to(torch.float32)
+    torch.testing.assert_close(ours, ref, atol=ATOL["pil"], rtol=0)
+
+
 def test_batch_of_mixed_sizes_matches_one_by_one():
     cfg = ImageProcessingConfig(image_size=32, shortest_edge=32, aspect_mode="pad")
     images = [photo_like(40, 60, 1), noise(100, 30, 2), photo_like(32, 32, 3)]

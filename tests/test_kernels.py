@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kernels.cpu_projector import PackedCpuProjector, cpu_fused_available
-from kernels.dispatch import choose_backend
-from kernels.preprocess import normalize_fused_cpu, normalize_reference
+from kernels.dispatch import KernelConfigError, choose_backend, resolve_backends
+from kernels.preprocess import normalize_fused_cpu, normalize_images, normalize_reference
 from kernels.projector import gelu_form, projector_reference
 
 # Relative error ||out - ref|| / ||ref|| against an fp64 reference, per input dtype.
@@ -97,23 +97,141 @@ def test_triton_kernels_under_interpreter():
 # ---- dispatch ------------------------------------------------------------------------------
 
 
-def test_dispatch_choices(monkeypatch):
-    cpu = torch.device("cpu")
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+@pytest.fixture
+def kernels_env(monkeypatch):
+    """Set ``LLAVA_KERNELS`` (no interpreter); returns the setter. Logs start afresh."""
+    import kernels.dispatch
+
+    pytest.importorskip("triton")  # the expectations below assume Triton is installed
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert choose_backend(cpu, fused_ok=True) == "fused"
-    assert choose_backend(cpu, fused_ok=False) == "reference"
-    monkeypatch.setenv("LLAVA_KERNELS", "reference")
-    assert choose_backend(cpu, fused_ok=True) == "reference"
-    monkeypatch.setenv("LLAVA_KERNELS", "triton")
-    if not HAS_CUDA:
-        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-            choose_backend(cpu, fused_ok=True)
-    monkeypatch.setenv("LLAVA_KERNELS", "fused")
-    with pytest.raises(RuntimeError, match="fused"):
-        choose_backend(cpu, fused_ok=False)
-    monkeypatch.setenv("LLAVA_KERNELS", "fastest")
-    with pytest.raises(ValueError, match="LLAVA_KERNELS"):
-        choose_backend(cpu, fused_ok=True)
+    monkeypatch.setattr(kernels.dispatch, "_logged", set())
+    return lambda value: monkeypatch.setenv("LLAVA_KERNELS", value)
+
+
+def test_auto_choices(kernels_env):
+    kernels_env("auto")
+    assert choose_backend("preprocess", CPU) == "fused"
+    assert choose_backend("projector", CPU, torch.float32) == "reference"  # fused is not faster in fp32
+    assert choose_backend("projector", CUDA, torch.bfloat16) == "reference"  # cuBLAS beat our Triton GEMM
+    assert choose_backend("preprocess", CUDA) == "triton"
+    assert resolve_backends(CPU, torch.float32) == {"projector": "reference", "preprocess": "fused"}
+
+
+def test_one_backend_applies_where_it_runs_and_the_rest_stay_auto(kernels_env, caplog):
+    """The CUDA server case: Triton for the projector; preprocessing runs on CPU, stays auto."""
+    kernels_env("triton")
+    with caplog.at_level("WARNING", logger="kernels.dispatch"):
+        assert resolve_backends(CUDA, torch.bfloat16) == {"projector": "triton", "preprocess": "fused"}
+        resolve_backends(CUDA, torch.bfloat16)
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == ["LLAVA_KERNELS=triton applies to projector; preprocess on cpu stays auto"]
+    kernels_env("fused")
+    assert resolve_backends(CUDA, torch.bfloat16) == {"projector": "reference", "preprocess": "fused"}
+    kernels_env("reference")
+    assert resolve_backends(CUDA, torch.bfloat16) == {"projector": "reference", "preprocess": "reference"}
+
+
+def test_one_backend_that_runs_nowhere_is_refused(kernels_env):
+    kernels_env("triton")
+    with pytest.raises(KernelConfigError, match=r"LLAVA_KERNELS=triton cannot run for any operation") as err:
+        resolve_backends(CPU, torch.float32)
+    message = str(err.value)
+    assert "projector on cpu (float32) can use auto, reference" in message
+    assert "preprocess on cpu can use auto, reference, fused" in message
+    assert "TRITON_INTERPRET=1" in message
+
+
+def test_per_operation_choices(kernels_env):
+    kernels_env("projector=triton, preprocess=reference")
+    assert resolve_backends(CUDA, torch.bfloat16) == {"projector": "triton", "preprocess": "reference"}
+    kernels_env("projector=reference")
+    assert resolve_backends(CPU, torch.float32) == {"projector": "reference", "preprocess": "fused"}
+    kernels_env("PREPROCESS=Fused")
+    assert resolve_backends(CUDA, torch.bfloat16) == {"projector": "reference", "preprocess": "fused"}
+
+
+@pytest.mark.parametrize(
+    "value,device,message",
+    [
+        ("preprocess=triton", CUDA, r"LLAVA_KERNELS: preprocess=triton cannot run for preprocess on cpu; "
+                                    r"preprocess on cpu can use auto, reference, fused"),
+        ("projector=fused", CUDA, r"LLAVA_KERNELS: projector=fused cannot run for projector on cuda \(bfloat16\); "
+                                  r"projector on cuda \(bfloat16\) can use auto, reference, triton"),
+        ("projector=triton", CPU, r"projector=triton cannot run for projector on cpu.*TRITON_INTERPRET=1"),
+    ],
+)
+def test_per_operation_choice_that_cannot_run_is_refused(kernels_env, value, device, message):
+    kernels_env(value)
+    with pytest.raises(KernelConfigError, match=message):
+        resolve_backends(device, torch.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("fastest", r"'fastest' is not one of auto, reference, fused, triton"),
+        ("projector=fastest", r"backend 'fastest' for projector"),
+        ("vision=triton", r"operation 'vision' is not one of projector, preprocess"),
+        ("triton,projector=fused", r"'triton' has no operation"),
+        ("projector=fused,projector=reference", r"projector is named twice"),
+    ],
+)
+def test_unknown_settings_are_refused(kernels_env, value, message):
+    kernels_env(value)
+    with pytest.raises(KernelConfigError, match=r"LLAVA_KERNELS=.*" + message):
+        resolve_backends(CPU, torch.float32)
+
+
+def test_interpreter_runs_triton_on_cpu(kernels_env, monkeypatch):
+    pytest.importorskip("triton")
+    kernels_env("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backends(CPU, torch.float32) == {"projector": "triton", "preprocess": "triton"}
+
+
+def test_per_call_choice_follows_the_tensors_device_and_never_raises(kernels_env):
+    """A resolved choice that cannot run on the tensors' device gives way to auto's pick there."""
+    kernels_env("triton")
+    assert choose_backend("preprocess", CUDA, choice="fused") == "triton"
+    assert choose_backend("projector", CPU, torch.float32, choice="triton") == "reference"
+    assert choose_backend("preprocess", CPU) == "fused"  # read from the environment: still no raise
+    batch = random_batch(1)
+    torch.testing.assert_close(normalize_images(batch, MEAN, STD), normalize_reference(batch, MEAN, STD))
+
+
+# ---- LLAVA_KERNELS at engine start (in-process engines, see conftest) ------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
+
+    out = tmp_path_factory.mktemp("tiny")
+    build_tiny_llava(out, TinyLlavaSpec())
+    return out
+
+
+def test_engine_start_refuses_a_backend_that_cannot_run(tiny_dir, kernels_env, engine_factory):
+    kernels_env("triton")
+    with pytest.raises(KernelConfigError, match=r"LLAVA_KERNELS=triton cannot run for any operation.*TRITON_INTERPRET"):
+        engine_factory(tiny_dir)
+
+
+def test_engine_with_a_per_operation_backend_serves_images(tiny_dir, kernels_env, engine_factory):
+    from vllm import SamplingParams
+
+    from tests.images import noise
+
+    kernels_env("projector=reference")
+    llm = engine_factory(tiny_dir)
+    kernel = llm.apply_model(lambda model: model.multi_modal_projector._kernel.func.__name__)
+    assert kernel == ["projector_reference"]
+    prompt = {"prompt": "<image> what?", "multi_modal_data": {"image": noise(40, 30)}}
+    out = llm.generate([prompt], SamplingParams(max_tokens=3, min_tokens=3), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 3
 
 
 # ---- preprocessing --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Loading refuses incomplete or unknown checkpoints; bad requests get clear errors."""
 
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 from vllm import SamplingParams
 
+from llava_model.completeness import missing_tensors
+from llava_model.model import IncompleteCheckpointError
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
 from llava_model.weights import hub_name
 from tests.images import noise
@@ -34,6 +37,48 @@ def test_missing_tensor_is_refused(tiny_dir, tmp_path, engine_factory):
     broken = _edit_weights(tiny_dir, tmp_path / "m", lambda s: s.pop("multi_modal_projector.linear_2.bias"))
     with pytest.raises(Exception, match=r"unfilled.*multi_modal_projector\.linear_2\.bias"):
         engine_factory(broken)
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        "language_model.model.layers.0.self_attn.k_proj.weight",
+        "language_model.model.layers.1.mlp.up_proj.weight",
+        "vision_tower.vision_model.encoder.layers.1.self_attn.v_proj.bias",
+    ],
+)
+def test_missing_shard_of_packed_parameter_is_refused(tiny_dir, tmp_path, engine_factory, tensor):
+    """vLLM marks a fused parameter (qkv_proj, gate_up_proj) loaded once any one of its
+    shards is: a checkpoint lacking one shard must still be refused, naming it."""
+    broken = _edit_weights(tiny_dir, tmp_path / "m", lambda s: s.pop(tensor))
+    # Only that tensor: the vision layer past the feature layer is skipped on purpose.
+    with pytest.raises(IncompleteCheckpointError, match=rf"left 1 tensor\(s\) unfilled: {re.escape(tensor)}$"):
+        engine_factory(broken)
+
+
+def test_missing_qkv_bias_shard_is_refused(tmp_path, engine_factory):
+    """Qwen2's fused qkv_proj has a bias: each of its three bias shards is required too."""
+    src = tmp_path / "qwen2"
+    build_tiny_llava(src, TinyLlavaSpec(text_arch="qwen2", tie_word_embeddings=True))
+    tensor = "language_model.model.layers.0.self_attn.k_proj.bias"
+    broken = _edit_weights(src, tmp_path / "m", lambda s: s.pop(tensor))
+    # Only that tensor: the tied lm_head (no tensor of its own) is not reported.
+    with pytest.raises(IncompleteCheckpointError, match=rf"left 1 tensor\(s\) unfilled: {re.escape(tensor)}$"):
+        engine_factory(broken)
+
+
+def test_missing_tensors_rule():
+    """Per shard for packed weights and biases; a fused tensor in the checkpoint counts whole."""
+    packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    params = ["m.qkv_proj.weight", "m.qkv_proj.bias", "m.o_proj.weight", "m.qkv_proj.weight_scale"]
+    seen = {"m.q_proj.weight", "m.k_proj.weight", "m.v_proj.weight", "m.q_proj.bias", "m.o_proj.weight"}
+    loaded = {"m.qkv_proj.weight", "m.qkv_proj.bias", "m.o_proj.weight"}
+    assert missing_tensors(params, loaded, seen, packed) == ["m.k_proj.bias", "m.qkv_proj.weight_scale", "m.v_proj.bias"]
+    fused = {"m.qkv_proj.weight"}
+    assert missing_tensors(["m.qkv_proj.weight"], fused, fused, packed) == []
+    assert missing_tensors(["m.qkv_proj.weight"], set(), set(), packed) == [
+        "m.k_proj.weight", "m.q_proj.weight", "m.v_proj.weight"
+    ]
 
 
 def test_unknown_tensor_is_refused(tiny_dir, tmp_path, engine_factory):
