@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from server import errors
 from server.config import ServerSettings
 from server.ops.metrics import Metrics
-from server.ops.middleware import InflightLimiter, RequestContext
+from server.ops.middleware import Gate, InflightLimiter, RequestContext
 
 
 def _services(app: FastAPI, settings: ServerSettings, engine) -> None:
@@ -20,7 +20,7 @@ def _services(app: FastAPI, settings: ServerSettings, engine) -> None:
     from llava_model.vision import num_image_tokens
     from server.chat.serving import ChatService
     from server.chat.templates import choose_template
-    from server.images import ImageLoader
+    from server.media.loader import ImageLoader
 
     state = app.state
     hf_config = engine.llm.model_config.hf_config
@@ -58,7 +58,7 @@ def build_app(settings: ServerSettings, engine_context=None) -> FastAPI:
                 yield
             finally:
                 await app.state.images.aclose()
-                app.state.engine = None
+                app.state.engine = app.state.chat = app.state.images = None
 
     app = FastAPI(title="llava-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -70,5 +70,10 @@ def build_app(settings: ServerSettings, engine_context=None) -> FastAPI:
     errors.install(app)
     app.include_router(chat_router)
     app.include_router(ops_router)
-    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics)
+    # Added last = outermost: RequestContext (ids, logs, counts) wraps the Gate (key, body cap).
+    app.add_middleware(
+        Gate, keys=app.state.api_keys, max_body_bytes=settings.max_body_bytes,
+        health_needs_key=settings.health_needs_key, metrics_needs_key=settings.metrics_needs_key,
+    )
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
     return app

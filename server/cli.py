@@ -7,6 +7,7 @@ the engine down and exits 0.
 """
 
 import argparse
+import ipaddress
 import logging
 import sys
 
@@ -47,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     add("--port", type=int)
     add("--api-key", action="append", help="accepted API key (repeatable)")
     add("--api-key-file", help="file with one API key per line")
+    add("--allow-unauthenticated", action="store_true", default=None,
+        help="allow listening on a non-loopback address without an API key")
     add("--health-needs-key", action="store_true", default=None)
     add("--metrics-needs-key", action="store_true", default=None)
     add("--max-model-len", type=int)
@@ -60,7 +63,10 @@ def parser() -> argparse.ArgumentParser:
     add("--limit-images-per-prompt", type=int)
     add("--max-image-bytes", type=int)
     add("--max-image-pixels", type=int)
-    add("--image-timeout-s", type=float)
+    add("--max-request-image-bytes", type=int, help="all images of one request together (400 past it)")
+    add("--max-request-image-pixels", type=int, help="all images of one request together (400 past it)")
+    add("--max-image-bytes-in-flight", type=int, help="server-wide image memory (429 past it)")
+    add("--image-timeout-s", type=float, help="deadline for the whole fetch of one image, redirects included")
     add("--image-connect-timeout-s", type=float)
     add("--image-max-redirects", type=int)
     add("--allowed-image-hosts", action="append", help="host or CIDR allowed even if private (repeatable)")
@@ -82,14 +88,39 @@ def settings_from(argv: list[str] | None) -> ServerSettings:
     return ServerSettings(**given)
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: ServerSettings) -> None:
+    """Open by default only on loopback: a network address needs a key or an explicit opt-out."""
+    if is_loopback(settings.host) or settings.api_keys() or settings.allow_unauthenticated:
+        return
+    raise ExposureError(
+        f"refusing to listen on {settings.host} without an API key: anyone who can reach it could use "
+        "the model. Set one with --api-key / LLAVA_API_KEY (or --api-key-file), or pass "
+        "--allow-unauthenticated (LLAVA_ALLOW_UNAUTHENTICATED=1) if a proxy in front checks access."
+    )
+
+
+class ExposureError(ValueError):
+    pass
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from(argv)
+        check_exposure(settings)
         check_model_dir(settings)
     except ValidationError as exc:
         first = exc.errors()[0]
         sys.exit(f"llava-serve: error: {'.'.join(map(str, first['loc']))}: {first['msg']}")
-    except ModelMissingError as exc:
+    except (ModelMissingError, ExposureError) as exc:
         sys.exit(f"llava-serve: error: {exc}")
 
     import uvicorn
@@ -101,8 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(settings.frontend_threads)
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys():
-        logging.getLogger("server").warning("listening on %s without an API key", settings.host)
+    if not is_loopback(settings.host) and not settings.api_keys():
+        logging.getLogger("server").warning("listening on %s without an API key (--allow-unauthenticated)",
+                                            settings.host)
     config = uvicorn.Config(
         build_app(settings),
         host=settings.host,

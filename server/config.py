@@ -33,10 +33,12 @@ class ServerSettings(BaseSettings):
     port: int = 8000
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)  # env: comma-separated
     api_key_file: Path | None = None
+    # Refuse to listen on a non-loopback address without an API key unless this is set.
+    allow_unauthenticated: bool = False
     health_needs_key: bool = False
     metrics_needs_key: bool = False
     max_inflight: int = 128  # beyond it: 429 with Retry-After
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0  # fetching + preprocessing + generation
     shutdown_grace_s: float = 30.0
     max_body_bytes: int = 64 * 2**20
     log_level: str = "info"
@@ -45,8 +47,14 @@ class ServerSettings(BaseSettings):
     limit_images_per_prompt: int = 4
     max_image_bytes: int = 20 * 2**20
     max_image_pixels: int = 40_000_000
+    # Request-wide: all images of one request together (400 past them).
+    max_request_image_bytes: int = 40 * 2**20
+    max_request_image_pixels: int = 64_000_000
+    # Server-wide: image bytes held by requests in flight, encoded plus decoded (3 bytes
+    # per pixel); past it, 429 with Retry-After.
+    max_image_bytes_in_flight: int = 2 * 2**30
     image_connect_timeout_s: float = 5.0
-    image_timeout_s: float = 20.0
+    image_timeout_s: float = 20.0  # the whole fetch of one image, redirects included
     image_max_redirects: int = 3
     # hosts / CIDRs allowed even if private (env: comma-separated)
     allowed_image_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)

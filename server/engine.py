@@ -39,6 +39,21 @@ class Engine:
         return bool(getattr(self.llm, "errored", False))
 
 
+def _closing_class(base):
+    """vLLM's AsyncLLM shuts down again in ``__del__``; when that runs at interpreter exit,
+    after module globals are gone, it prints a traceback on every Ctrl-C. Once we have shut
+    it down ourselves, there is nothing left for ``__del__`` to do."""
+
+    class ClosingAsyncLLM(base):
+        closed = False
+
+        def __del__(self):
+            if not self.closed:
+                super().__del__()
+
+    return ClosingAsyncLLM
+
+
 class EngineContext:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
@@ -72,7 +87,7 @@ class EngineContext:
             # Compact JSON for response_format: no free whitespace, which weak models loop on.
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )
-        llm = AsyncLLM.from_engine_args(args)
+        llm = _closing_class(AsyncLLM).from_engine_args(args)
         self.engine = Engine(llm, s.model_name(), llm.model_config.max_model_len)
         log.info("engine ready: model=%s max_model_len=%d", s.model_dir(), self.engine.max_model_len)
         return self.engine
@@ -81,4 +96,5 @@ class EngineContext:
         if self.engine is not None:
             log.info("shutting the engine down")
             self.engine.llm.shutdown()
+            self.engine.llm.closed = True
             self.engine = None

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
+from tests.hostile import hostile_server
 from tests.images import noise, photo_like
 from tests.server_proc import image_server, png, running_server
 
@@ -25,7 +26,7 @@ def stack(tmp_path_factory):
     local = root / "local-images"
     local.mkdir()
     (local / "pic.png").write_bytes(png(photo_like(30, 50, seed=9)))
-    with image_server() as images:
+    with image_server() as images, hostile_server() as (hostile, hostile_record):
         with running_server(
             root / "model",
             "--served-model-name", MODEL, "--api-key", KEY,
@@ -34,7 +35,8 @@ def stack(tmp_path_factory):
             "--max-image-pixels", "4000000", "--image-timeout-s", "1.5", "--limit-images-per-prompt", "3",
             log_path=root / "server.log",
         ) as (base, proc):
-            yield {"base": base, "images": images, "local": local, "proc": proc, "root": root}
+            yield {"base": base, "images": images, "local": local, "proc": proc, "root": root,
+                   "hostile": hostile, "hostile_record": hostile_record}
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +335,85 @@ def test_metrics_move_after_requests(stack, client):
                  "llava_image_fetch_seconds_count", "llava_kv_cache_usage_ratio", "llava_engine_requests_waiting"):
         assert name in after
     assert any(k.startswith("vllm:") for k in after)  # vLLM's own engine metrics ride along
+
+
+# ---- hardening: each of these failed before the fix ----------------------------------------
+
+
+def test_key_is_checked_before_the_body_is_read(stack):
+    url = stack["base"] + "/v1/chat/completions"
+    r = httpx.post(url, content=b"{not json", headers={"Authorization": "Bearer wrong",
+                                                        "Content-Type": "application/json"})
+    assert_error(r, 401, "API key")  # not a 400 about the body: nothing was parsed
+    r = httpx.post(url, content=b"x" * 3_000_000, headers={"Content-Type": "application/json"})
+    assert_error(r, 401, "API key")  # not a 413: the body was never read
+
+
+def test_chunked_body_over_the_cap_is_413(stack):
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 100_000  # 4 MB in all, no Content-Length
+
+    r = httpx.post(stack["base"] + "/v1/chat/completions", content=chunks(), timeout=60,
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert_error(r, 413, "larger than")
+
+
+def test_n_greedy_choices_are_served(client):
+    messages = [user("Describe", data_url(photo_like(30, 30, seed=4)))]
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, n=2, temperature=0)
+    assert [c.index for c in out.choices] == [0, 1]
+    assert out.choices[0].message.content == out.choices[1].message.content
+    assert out.usage.completion_tokens == 12
+    single = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+    assert out.choices[0].message.content == single.choices[0].message.content
+    texts = {0: "", 1: ""}
+    for chunk in client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, n=2, temperature=0,
+                                                stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == {0: single.choices[0].message.content, 1: single.choices[0].message.content}
+
+
+def test_engine_validation_errors_are_400_naming_the_parameter(stack):
+    error = assert_error(post(stack, {"model": MODEL, "messages": [user("hi")], "stop": [""]}), 400, "stop")
+    assert error["param"] == "stop"
+
+
+def test_undecodable_image_leaks_no_address(stack):
+    url = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n broken").decode()
+    error = assert_error(post(stack, {"model": MODEL, "messages": [user("x", url)]}), 400, "cannot decode")
+    assert "0x" not in error["message"] and "BytesIO" not in error["message"]
+
+
+def test_client_leaving_during_the_fetch_stops_it_and_frees_the_slot(stack):
+    body = {"model": MODEL, "messages": [user("look", stack["hostile"] + "/drip")], "max_tokens": 2}
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        post(stack, body, timeout=0.8)
+    record = stack["hostile_record"]
+    assert _wait_for(lambda: "/drip" in record.hung_up, 5), "the server kept fetching for a client that left"
+    assert record.hung_up["/drip"] - started < 4.0
+    assert _wait_for(lambda: metrics(stack)["llava_requests_in_flight"] == 0, 5)
+    assert metrics(stack)["llava_image_bytes_in_flight"] == 0
+
+
+def test_a_huge_prompt_does_not_stall_the_event_loop(stack):
+    text = " ".join(f"w{i % 997}" for i in range(300_000))  # ~1.6 MB: tokenising it takes a while
+    box = {}
+
+    def send():
+        started = time.monotonic()
+        box["response"] = post(stack, {"model": MODEL, "messages": [user(text)]})
+        box["took"] = time.monotonic() - started
+
+    worker = concurrent.futures.ThreadPoolExecutor(1).submit(send)
+    slowest = 0.0
+    while not worker.done():
+        started = time.monotonic()
+        assert httpx.get(stack["base"] + "/health", timeout=30).status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.02)
+    worker.result()
+    assert_error(box["response"], 400, "limit")
+    assert slowest < box["took"] / 2, (slowest, box["took"])

@@ -1,7 +1,10 @@
-"""Server lifecycle: SIGTERM drains requests in flight; a dead engine turns /health to 503."""
+"""Server lifecycle: SIGTERM drains requests in flight; a dead engine turns /health to 503 and ends
+streams cleanly; Ctrl-C exits quietly; startup refuses an open network address."""
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,6 +13,7 @@ import psutil
 import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
+from tests.hostile import hostile_server
 from tests.server_proc import running_server
 
 
@@ -24,12 +28,15 @@ def _stream_all(base: str, max_tokens: int, first_chunk: threading.Event, result
     body = {"model": "model", "messages": [{"role": "user", "content": "count"}], "max_tokens": max_tokens,
             "min_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     lines = []
-    with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as r:
-        result["status"] = r.status_code
-        for line in r.iter_lines():
-            if line:
-                lines.append(line)
-                first_chunk.set()
+    try:
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as r:
+            result["status"] = r.status_code
+            for line in r.iter_lines():
+                if line:
+                    lines.append(line)
+                    first_chunk.set()
+    except httpx.HTTPError as exc:  # a cut stream
+        result["error"] = repr(exc)
     result["lines"] = lines
 
 
@@ -58,11 +65,22 @@ def test_request_timeout_then_dead_engine_makes_health_503(model_dir, tmp_path):
         r = httpx.post(base + "/v1/chat/completions", json=slow, timeout=60)
         assert r.status_code == 504 and "timed out" in r.json()["error"]["message"]
 
+        # A stream in flight when the engine dies ends with an error event and [DONE], not a cut.
+        first, result = threading.Event(), {}
+        worker = threading.Thread(target=_stream_all, args=(base, 900, first, result))
+        worker.start()
+        assert first.wait(60)
         children = psutil.Process(proc.pid).children(recursive=True)
         cores = [c for c in children if "EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name()]
         assert cores, [c.cmdline() for c in children]
         for core in cores:
             core.kill()
+        worker.join(60)
+        assert not worker.is_alive() and "error" not in result, result.get("error")
+        assert result["lines"][-1] == "data: [DONE]"
+        event = json.loads(result["lines"][-2].removeprefix("data: "))
+        assert event["error"]["type"] in ("service_unavailable_error", "timeout_error"), event
+
         deadline = time.time() + 60
         while time.time() < deadline and httpx.get(base + "/health", timeout=5).status_code != 503:
             time.sleep(0.5)
@@ -71,3 +89,48 @@ def test_request_timeout_then_dead_engine_makes_health_503(model_dir, tmp_path):
             {"role": "user", "content": "hi"}]}, timeout=30)
         assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable_error"
         assert "retry-after" in r.headers
+
+
+# An HF-style template that refuses non-alternating roles, as most checkpoint templates do.
+REFUSING_TEMPLATE = """{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}\
+{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}\
+{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}\
+{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %}
+{% endfor %}assistant:"""
+
+
+def test_template_refusal_deadline_over_the_fetch_and_a_clean_ctrl_c(model_dir, tmp_path):
+    template = tmp_path / "template.jinja"
+    template.write_text(REFUSING_TEMPLATE)
+    log = tmp_path / "log"
+    with hostile_server() as (images, _):
+        with running_server(model_dir, "--chat-template", str(template), "--request-timeout-s", "2",
+                            "--image-timeout-s", "30", "--allowed-image-hosts", "127.0.0.1",
+                            log_path=log) as (base, proc):
+            url = base + "/v1/chat/completions"
+            two_users = {"model": "model", "max_tokens": 2, "messages": [
+                {"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
+            r = httpx.post(url, json=two_users, timeout=30)
+            assert r.status_code == 400, r.text
+            assert "roles must alternate" in r.json()["error"]["message"]
+            ok = {"model": "model", "max_tokens": 2, "messages": [{"role": "user", "content": "a"}]}
+            assert httpx.post(url, json=ok, timeout=30).status_code == 200
+
+            # The request deadline covers fetching: a dripping image server cannot hold it.
+            started = time.monotonic()
+            dripping = {"model": "model", "max_tokens": 2, "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": images + "/drip"}}]}]}
+            r = httpx.post(url, json=dripping, timeout=30)
+            assert r.status_code == 504, r.text
+            assert time.monotonic() - started < 10
+
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+            assert proc.wait(90) == 0
+    text = log.read_text()
+    assert "Traceback" not in text, text[text.find("Traceback") - 200:][:3000]
+
+
+def test_no_key_on_a_network_address_is_refused_at_startup(model_dir):
+    result = subprocess.run([sys.executable, "-m", "server", "--model", str(model_dir), "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "without an API key" in result.stderr, result.stderr

@@ -13,7 +13,7 @@ from server.chat.templates import VICUNA_SYSTEM, choose_template, hf_messages
 from server.cli import settings_from
 from server.config import ServerSettings
 from server.errors import validation_message
-from server.images import _forbidden
+from server.media.policy import AddressPolicy, is_public
 
 
 def msgs(*items) -> list[Message]:
@@ -101,10 +101,24 @@ def test_settings_from_environment_and_flags(monkeypatch):
 @pytest.mark.parametrize(
     "address,forbidden",
     [("10.0.0.1", True), ("127.0.0.1", True), ("169.254.169.254", True), ("192.168.1.1", True),
-     ("::1", True), ("fd00::1", True), ("0.0.0.0", True), ("8.8.8.8", False), ("2606:4700::1111", False)],
+     ("::1", True), ("fd00::1", True), ("0.0.0.0", True), ("8.8.8.8", False), ("2606:4700::1111", False),
+     # not globally routable, missed by a private/loopback/link-local list: carrier-grade NAT
+     # (Alibaba Cloud's metadata service), benchmarking, documentation, multicast, class E
+     ("100.100.100.200", True), ("100.64.0.1", True), ("198.18.0.1", True), ("192.0.2.1", True),
+     ("224.0.0.251", True), ("240.0.0.1", True), ("255.255.255.255", True),
+     # IPv6 forms of internal IPv4 addresses: mapped, NAT64, 6to4
+     ("::ffff:127.0.0.1", True), ("::ffff:169.254.169.254", True), ("64:ff9b::a9fe:a9fe", True),
+     ("2002:7f00:1::", True), ("fe80::1", True), ("ff02::1", True)],
 )
 def test_private_destinations(address, forbidden):
-    assert _forbidden(ipaddress.ip_address(address)) is forbidden
+    assert is_public(ipaddress.ip_address(address)) is not forbidden
+
+
+def test_allow_list_by_name_and_network():
+    policy = AddressPolicy(["images.internal", "10.1.0.0/16"])
+    assert policy.allows("Images.Internal.", ipaddress.ip_address("10.9.9.9"))
+    assert policy.allows("other", ipaddress.ip_address("10.1.2.3"))
+    assert not policy.allows("other", ipaddress.ip_address("10.2.0.1"))
 
 
 def test_validation_messages_are_readable():

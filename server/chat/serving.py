@@ -5,9 +5,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from server.chat.protocol import (
     AssistantMessage,
@@ -25,10 +27,11 @@ from server.chat.protocol import (
     completion_id,
     now,
 )
-from server.chat.templates import IMAGE, ChatTemplate
+from server.chat.templates import IMAGE, ChatTemplate, TemplateError
 from server.errors import APIError, bad_request
 
 log = logging.getLogger("server.chat")
+_GREEDY_BELOW = 1e-5  # vLLM decodes greedily below this temperature
 
 
 class ChatService:
@@ -41,6 +44,7 @@ class ChatService:
         self.settings = settings
         self.image_tokens = image_tokens
         self.tokenizer = engine.llm.get_tokenizer()
+        self._prompt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt")
 
     # ---- entry point -------------------------------------------------------------------------
     async def create(self, req: ChatCompletionRequest, raw: Request):
@@ -49,39 +53,41 @@ class ChatService:
                            param="model", code="model_not_found")
         if self.engine.dead:
             raise APIError(503, "the engine has stopped; the server cannot serve requests", headers={"Retry-After": "5"})
+        deadline = time.perf_counter() + self.settings.request_timeout_s  # fetch + preprocess + generate
         self.limiter.acquire()
+        media = self.images.request_media()
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
+                media.release()
                 self.limiter.release()
 
         try:
-            prompt, prompt_len, n_images = await self._prompt(req)
-            params = self._sampling(req, prompt_len)
+            prompt, prompt_len, n_images = await _watched(self._prompt(req, media), raw, deadline, self.settings)
+            params, copies = self._sampling(req, prompt_len)
+        except _Disconnected:
+            release()
+            return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
         except BaseException:
             release()
             raise
         self.metrics.images.observe(n_images)
         rid = completion_id()
         if req.stream:
-            from starlette.background import BackgroundTask
-
-            stream = self._stream(req, prompt, params, rid, release)
+            stream = self._stream(req, prompt, params, copies, rid, deadline, release)
             return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(release))
         try:
-            return await self._complete(req, prompt, params, rid, raw)
+            return await self._complete(req, prompt, params, copies, rid, raw, deadline)
         except _Disconnected:
-            from fastapi.responses import Response
-
-            return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
+            return Response(status_code=499)
         finally:
             release()
 
     # ---- prompt --------------------------------------------------------------------------------
-    async def _prompt(self, req: ChatCompletionRequest) -> tuple[dict, int, int]:
+    async def _prompt(self, req: ChatCompletionRequest, media) -> tuple[dict, int, int]:
         urls = []
         for i, message in enumerate(req.messages):
             parts = [message.content] if isinstance(message.content, str) else message.content
@@ -91,25 +97,39 @@ class ChatService:
                 elif IMAGE in (part if isinstance(part, str) else part.text):
                     raise bad_request(f"messages[{i}] text contains {IMAGE!r}; send images as image_url parts",
                                       param=f"messages[{i}].content")
-        text = self.template.render(req.messages)
-        bos = getattr(self.tokenizer, "bos_token", None)
-        ids = self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+        # Rendering and tokenising a long prompt takes a while: off the event loop, one at a time
+        # (the tokenizer is shared).
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self._prompt_pool, self._token_ids, req.messages)
         image_id = self.tokenizer.convert_tokens_to_ids(IMAGE)
         if ids.count(image_id) != len(urls):
-            raise APIError(500, f"chat template {self.template.name!r} placed {ids.count(image_id)} image "
-                                f"placeholder(s) for {len(urls)} image(s)")
-        images = await self.images.load_all(urls) if urls else []
+            raise bad_request(f"chat template {self.template.name!r} placed {ids.count(image_id)} image "
+                              f"placeholder(s) for {len(urls)} image(s) in these messages", param="messages")
         prompt_len = len(ids) + len(urls) * (self.image_tokens - 1)
         if prompt_len >= self.engine.max_model_len:
             raise bad_request(
                 f"the prompt is {prompt_len} tokens (images included), the model's limit is "
                 f"{self.engine.max_model_len}", param="messages", code="context_length_exceeded")
+        images = await self.images.load_all(urls, media) if urls else []
         prompt = {"prompt_token_ids": ids}
         if images:
             prompt["multi_modal_data"] = {"image": images}
         return prompt, prompt_len, len(urls)
 
+    def _token_ids(self, messages) -> list[int]:
+        try:
+            text = self.template.render(messages)
+        except TemplateError as exc:
+            raise bad_request(f"the chat template refused these messages: {exc}", param="messages",
+                              code="invalid_messages") from None
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+
     def _sampling(self, req: ChatCompletionRequest, prompt_len: int):
+        """vLLM's sampling parameters, and how many copies of each output to send: greedy
+        decoding has one answer, so ``n`` greedy choices are one generation sent ``n`` times
+        (vLLM refuses ``n > 1`` without sampling; OpenAI answers it)."""
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         room = self.engine.max_model_len - prompt_len
@@ -123,10 +143,12 @@ class ChatService:
             structured = StructuredOutputsParams(json_object=True)
         elif req.response_format is not None and req.response_format.type == "json_schema":
             structured = StructuredOutputsParams(json=req.response_format.json_schema.schema_)
+        temperature = 1.0 if req.temperature is None else req.temperature
+        greedy = temperature < _GREEDY_BELOW
         try:
-            return SamplingParams(
-                n=req.n,
-                temperature=1.0 if req.temperature is None else req.temperature,
+            params = SamplingParams(
+                n=1 if greedy else req.n,
+                temperature=temperature,
                 top_p=1.0 if req.top_p is None else req.top_p,
                 top_k=-1 if req.top_k in (None, 0) else req.top_k,
                 seed=req.seed,
@@ -140,18 +162,39 @@ class ChatService:
                 structured_outputs=structured,
                 output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
             )
-        except ValueError as exc:
-            raise bad_request(str(exc)) from None
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise _client_error(exc) from None
+        return params, (req.n if greedy else 1)
 
     # ---- generation ----------------------------------------------------------------------------
     async def _generate(self, prompt, params, rid) -> AsyncIterator:
+        """The engine's outputs; its errors as ``APIError`` (its own input validation: 400;
+        a dead engine: 503; anything else: 500 without details)."""
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
         try:
             async for output in self.engine.llm.generate(prompt, params, rid):
                 yield output
-        except ValueError as exc:  # the engine's own input validation
-            raise bad_request(str(exc)) from None
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise _client_error(exc) from None
+        except GracefulHTTPError as exc:
+            raise APIError(int(exc.http_status), exc.message) from None
+        except EngineDeadError:
+            raise APIError(503, "the engine stopped while serving this request", headers={"Retry-After": "5"}) from None
+        except EngineGenerateError as exc:
+            if isinstance(exc.__cause__, (VLLMClientError, ValueError, TypeError)):
+                raise _client_error(exc.__cause__) from None
+            log.error("engine failed on %s: %r", rid, exc.__cause__)
+            raise APIError(500, "the engine failed while serving this request") from None
 
-    async def _complete(self, req, prompt, params, rid, raw: Request) -> JSONResponse:
+    async def _abort(self, rid: str) -> None:
+        try:
+            await self.engine.llm.abort(rid)
+        except Exception:  # a dead engine has nothing left to abort
+            log.debug("abort of %s failed", rid, exc_info=True)
+
+    async def _complete(self, req, prompt, params, copies, rid, raw: Request, deadline: float) -> JSONResponse:
         started = time.perf_counter()
         timing = _Timing(self.metrics, started)
         finals: dict[int, object] = {}
@@ -165,25 +208,14 @@ class ChatService:
                 for choice in output.outputs:
                     finals[choice.index] = choice
 
-        task = asyncio.create_task(consume())
-        deadline = started + self.settings.request_timeout_s
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=0.25)
-                if task.done():
-                    break
-                if await raw.is_disconnected():
-                    log.info("client disconnected; aborting %s", rid)
-                    raise _Disconnected()
-                if time.perf_counter() > deadline:
-                    raise APIError(504, f"request timed out after {self.settings.request_timeout_s:g} s")
-            task.result()
+            await _watched(consume(), raw, deadline, self.settings)
         except BaseException:
-            task.cancel()
-            await self.engine.llm.abort(rid)
+            await self._abort(rid)
             raise
-        choices = [self._choice(req, finals[i]) for i in sorted(finals)]
-        completion = sum(len(finals[i].token_ids) for i in finals)
+        outputs = [finals[i] for i in sorted(finals)]
+        choices = [self._choice(req, o, o.index * copies + c) for o in outputs for c in range(copies)]
+        completion = copies * sum(len(o.token_ids) for o in outputs)
         timing.finish(result.get("prompt_tokens", 0), completion, result.get("metrics"))
         body = ChatCompletion(
             id=rid, created=now(), model=self.engine.model_name, choices=choices,
@@ -192,9 +224,9 @@ class ChatService:
         )
         return JSONResponse(body.model_dump(exclude_none=False))
 
-    def _choice(self, req, output) -> Choice:
+    def _choice(self, req, output, index: int) -> Choice:
         logprobs = self._logprobs(req, output.token_ids, output.logprobs) if req.logprobs else None
-        return Choice(index=output.index, message=AssistantMessage(content=output.text),
+        return Choice(index=index, message=AssistantMessage(content=output.text),
                       logprobs=logprobs, finish_reason=_finish(output))
 
     def _logprobs(self, req, token_ids, entries) -> ChoiceLogprobs:
@@ -219,7 +251,11 @@ class ChatService:
             return logprob.decoded_token
         return self.tokenizer.decode([token_id])
 
-    async def _stream(self, req, prompt, params, rid, release: Callable[[], None]) -> AsyncIterator[str]:
+    async def _stream(self, req, prompt, params, copies, rid, deadline: float,
+                      release: Callable[[], None]) -> AsyncIterator[str]:
+        """SSE chunks; however it ends (done, timed out, bad input found by the engine, the
+        engine failing), the client gets an error event if needed and then ``[DONE]`` —
+        except when the client itself went away (then the engine request is aborted)."""
         started = time.perf_counter()
         timing = _Timing(self.metrics, started)
         created, model = now(), self.engine.model_name
@@ -233,18 +269,21 @@ class ChatService:
 
         try:
             yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content="")) for i in range(req.n)])
-            async with asyncio.timeout(self.settings.request_timeout_s):
+            async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
                 async for output in self._generate(prompt, params, rid):
                     prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
                     metrics = output.metrics or metrics
                     choices = []
                     for o in output.outputs:
-                        completion += len(o.token_ids)
+                        completion += copies * len(o.token_ids)
                         timing.tokens_seen(len(o.token_ids))
                         logprobs = self._logprobs(req, o.token_ids, o.logprobs) if req.logprobs else None
                         if o.text or o.finish_reason or logprobs:
-                            choices.append(ChunkChoice(index=o.index, delta=Delta(content=o.text or None),
-                                                       logprobs=logprobs, finish_reason=_finish(o)))
+                            choices += [
+                                ChunkChoice(index=o.index * copies + c, delta=Delta(content=o.text or None),
+                                            logprobs=logprobs, finish_reason=_finish(o))
+                                for c in range(copies)
+                            ]
                     if choices:
                         yield chunk(choices)
             timing.finish(prompt_tokens, completion, metrics)
@@ -252,17 +291,53 @@ class ChatService:
                 yield chunk([], Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
                                       total_tokens=prompt_tokens + completion))
         except TimeoutError:
-            await self.engine.llm.abort(rid)
+            await self._abort(rid)
             error = APIError(504, f"request timed out after {self.settings.request_timeout_s:g} s")
             yield f"data: {json.dumps(error.body())}\n\n"
         except APIError as exc:
+            await self._abort(rid)
             yield f"data: {json.dumps(exc.body())}\n\n"
-        except BaseException:  # client gone (cancelled) or engine failure: free the KV cache
-            await self.engine.llm.abort(rid)
+        except (asyncio.CancelledError, GeneratorExit):  # client gone: free the KV cache
+            await self._abort(rid)
             raise
+        except Exception:
+            log.exception("stream %s failed", rid)
+            await self._abort(rid)
+            yield f"data: {json.dumps(APIError(500, 'internal server error').body())}\n\n"
         finally:
             release()
         yield "data: [DONE]\n\n"
+
+
+async def _watched(coro, raw: Request, deadline: float, settings):
+    """Run ``coro`` until done; raise ``_Disconnected`` when the client leaves and 504 at the
+    deadline, cancelling it in both cases."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while not task.done():
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise APIError(504, f"request timed out after {settings.request_timeout_s:g} s")
+            await asyncio.wait({task}, timeout=min(0.25, left))
+            if not task.done() and await raw.is_disconnected():
+                log.info("client disconnected")
+                raise _Disconnected()
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _client_error(exc: BaseException) -> APIError:
+    """A request the engine refused, as a 400 naming the parameter: the one vLLM names, else
+    the request field its message starts with (``stop cannot contain an empty string.``)."""
+    message = str(exc.args[0]) if exc.args else type(exc).__name__
+    param = getattr(exc, "parameter", None)
+    if param is None:
+        first = message.split(" ", 1)[0].strip("`'\":,.")
+        param = first if first in ChatCompletionRequest.model_fields else None
+    return bad_request(message, param=param)
 
 
 class _Disconnected(Exception):

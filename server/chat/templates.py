@@ -13,7 +13,13 @@ from pathlib import Path
 from llava_model.chat_format import FORMATS, IMAGE, VICUNA_SYSTEM, Turn, prompt
 from server.chat.protocol import ImagePart, Message
 
-__all__ = ["IMAGE", "VICUNA_SYSTEM", "ChatTemplate", "choose_template", "hf_messages", "split_system"]
+__all__ = [
+    "IMAGE", "VICUNA_SYSTEM", "ChatTemplate", "TemplateError", "choose_template", "hf_messages", "split_system",
+]
+
+
+class TemplateError(ValueError):
+    """The chat template refused the messages (its ``raise_exception``) or failed on them."""
 
 
 def _text(message: Message) -> str:
@@ -61,7 +67,10 @@ class ChatTemplate:
 def _jinja(source: str, tokenizer) -> Callable[[list[Message]], str]:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    from jinja2 import TemplateError as JinjaError
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
     template = env.from_string(source)
     specials = {
         "bos_token": getattr(tokenizer, "bos_token", "") or "",
@@ -69,9 +78,19 @@ def _jinja(source: str, tokenizer) -> Callable[[list[Message]], str]:
     }
 
     def render(messages: list[Message]) -> str:
-        return template.render(messages=hf_messages(messages), add_generation_prompt=True, **specials)
+        try:
+            return template.render(messages=hf_messages(messages), add_generation_prompt=True, **specials)
+        except TemplateError:
+            raise
+        except JinjaError as exc:  # undefined names, sandbox refusals: the template cannot take these messages
+            raise TemplateError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
     return render
+
+
+def _raise_exception(message: str = "") -> None:
+    """What HF chat templates call to refuse a conversation (e.g. roles that do not alternate)."""
+    raise TemplateError(str(message)[:500] or "refused")
 
 
 def choose_template(flag: str | None, tokenizer, text_model_type: str) -> ChatTemplate:

@@ -2,20 +2,21 @@
 
 import hmac
 
-from fastapi import Request
 
-from server.errors import APIError
-
-
-def check_key(request: Request, keys: list[str]) -> None:
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def key_ok(authorization: str, keys: list[str]) -> bool:
+    """True when the ``Authorization`` header value carries one of ``keys``."""
+    scheme, _, token = authorization.partition(" ")
     token = token.strip()
     ok = False
     for key in keys:  # no early exit: the time does not depend on which key matched
         ok |= hmac.compare_digest(token.encode(), key.encode())
-    if scheme.lower() != "bearer" or not ok:
-        raise APIError(401, "missing or invalid API key", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
+    return scheme.lower() == "bearer" and ok
+
+
+def needs_key(path: str, *, health: bool, metrics: bool) -> bool:
+    """Every path needs the key (when keys are set), except /health and /metrics unless asked."""
+    if path == "/health":
+        return health
+    if path == "/metrics":
+        return metrics
+    return True

@@ -64,6 +64,9 @@ class Metrics:
         self.image_preprocess = Histogram(
             "llava_image_preprocess_seconds", "Image decode + preprocess time", buckets=LATENCY_BUCKETS
         )
+        self.image_bytes_in_flight = Gauge(
+            "llava_image_bytes_in_flight", "Image bytes (encoded and decoded) held by requests in flight"
+        )
         self.inflight = Gauge("llava_requests_in_flight", "Requests being served by this server")
         REGISTRY.register(_EngineMirror())
 

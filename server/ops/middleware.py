@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids with structured logs, body-size cap, request counting."""
+"""ASGI middleware: request ids with structured logs and counting; the gate (key, body cap)."""
 
 import contextvars
 import json
@@ -7,6 +7,7 @@ import time
 import uuid
 
 from server.errors import APIError
+from server.ops.auth import key_ok, needs_key
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -41,13 +42,21 @@ def configure_logging(level: str) -> None:
 access_log = logging.getLogger("server.access")
 
 
+async def send_error(send, error: APIError, extra_headers: list | None = None) -> None:
+    """Answer with ``error`` straight from ASGI (before the application runs)."""
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
 class RequestContext:
     """Request id (taken from ``X-Request-Id`` or made), echoed back, on every log line;
-    one access-log line and one ``llava_requests`` count per request; body cap (413)."""
+    one access-log line and one ``llava_requests`` count per request."""
 
-    def __init__(self, app, max_body_bytes: int, metrics):
+    def __init__(self, app, metrics):
         self.app = app
-        self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
@@ -58,24 +67,6 @@ class RequestContext:
         token = request_id.set(rid)
         started = time.perf_counter()
         status = {"code": 500}
-        cap = self.max_body_bytes
-
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            await self._reply(send, rid, APIError(413, f"request body is larger than {cap} bytes"), status)
-            self._done(scope, status["code"], started)
-            request_id.reset(token)
-            return
-
-        received = {"bytes": 0}
-
-        async def limited_receive():
-            message = await receive()
-            if message["type"] == "http.request":
-                received["bytes"] += len(message.get("body", b""))
-                if received["bytes"] > cap:
-                    raise APIError(413, f"request body is larger than {cap} bytes")
-            return message
 
         async def tagged_send(message):
             if message["type"] == "http.response.start":
@@ -85,20 +76,10 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tagged_send)
+            await self.app(scope, receive, tagged_send)
         finally:
             self._done(scope, status["code"], started)
             request_id.reset(token)
-
-    async def _reply(self, send, rid, error: APIError, status) -> None:
-        status["code"] = error.status
-        body = json.dumps(error.body()).encode()
-        await send({
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [(b"content-type", b"application/json"), (b"x-request-id", rid.encode("latin-1"))],
-        })
-        await send({"type": "http.response.body", "body": body})
 
     def _done(self, scope, code: int, started: float) -> None:
         path = scope.get("path", "")
@@ -109,6 +90,63 @@ class RequestContext:
             extra={"status": code, "path": path, "method": scope.get("method"),
                    "duration_ms": round((time.perf_counter() - started) * 1e3, 1)},
         )
+
+
+class Gate:
+    """What a request must pass before the application parses anything.
+
+    1. The API key, from the headers alone: an unauthenticated client gets 401 without
+       the server reading, parsing or validating its body.
+    2. The body size: declared (``Content-Length``) or counted while reading a chunked
+       body, over ``max_body_bytes`` is 413. The body is read here, whole, and handed
+       on; later ``receive`` calls reach the client (so disconnects are still seen).
+    """
+
+    def __init__(self, app, *, keys: list[str], max_body_bytes: int, health_needs_key: bool,
+                 metrics_needs_key: bool):
+        self.app = app
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
+        self.health_needs_key = health_needs_key
+        self.metrics_needs_key = metrics_needs_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        path = scope.get("path", "")
+        if self.keys and needs_key(path, health=self.health_needs_key, metrics=self.metrics_needs_key):
+            if not key_ok(headers.get(b"authorization", b"").decode("latin-1"), self.keys):
+                error = APIError(401, "missing or invalid API key", code="invalid_api_key",
+                                 headers={"WWW-Authenticate": "Bearer"})
+                return await send_error(send, error)
+        cap = self.max_body_bytes
+        too_large = APIError(413, f"request body is larger than {cap} bytes", code="request_too_large")
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > cap:
+            return await send_error(send, too_large, [(b"connection", b"close")])
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > cap:
+                return await send_error(send, too_large, [(b"connection", b"close")])
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 class InflightLimiter:

@@ -1,10 +1,9 @@
-"""Routes: GET /health, GET /metrics, GET /v1/models."""
+"""Routes: GET /health, GET /metrics, GET /v1/models (keys are checked by ``ops.middleware.Gate``)."""
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server.ops.auth import check_key
 from server.ops.metrics import exposition
 
 router = APIRouter()
@@ -13,8 +12,6 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request):
     state = request.app.state
-    if state.settings.health_needs_key:
-        check_key(request, state.api_keys)
     if state.engine is None or state.engine.dead:
         return JSONResponse({"status": "dead"}, status_code=503)
     return {"status": "ok"}
@@ -22,16 +19,12 @@ async def health(request: Request):
 
 @router.get("/metrics")
 async def metrics(request: Request):
-    state = request.app.state
-    if state.settings.metrics_needs_key:
-        check_key(request, state.api_keys)
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models")
 async def models(request: Request):
     state = request.app.state
-    check_key(request, state.api_keys)
     return {
         "object": "list",
         "data": [{
