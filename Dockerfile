@@ -21,7 +21,9 @@ RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" ".[${EXTRAS}]"
  && if [ "${EXTRAS}" = "cpu" ]; then pip uninstall -y torchvision torchaudio torchcodec; fi
 
 # Mount a model directory (llava-hf layout) at /models/model; every flag of
-# llava-serve can also be set as LLAVA_<FLAG> (e.g. -e LLAVA_API_KEY=secret).
+# llava-serve can also be set as LLAVA_<FLAG>. The server listens on 0.0.0.0 here, so it
+# refuses to start without a key: docker run -e LLAVA_API_KEY=secret ... (or
+# -e LLAVA_ALLOW_UNAUTHENTICATED=1 behind a proxy that checks access).
 ENV LLAVA_MODEL=/models/model \
     LLAVA_HOST=0.0.0.0 \
     LLAVA_PORT=8000 \

@@ -216,3 +216,38 @@ def test_server_wide_budget_is_429_and_is_given_back():
     refused, held = asyncio.run(run())
     assert refused is not None and refused.status == 429 and refused.headers["Retry-After"] == "1"
     assert held == 0
+
+
+@pytest.mark.parametrize("processing", [PROCESSING, ImageProcessingConfig(image_size=32, shortest_edge=40)])
+def test_prepared_images_never_share_a_cache_key(processing):
+    """vLLM keys its prefix and encoder caches on a hash of the image we hand it. Images
+    with the same raw bytes but other shapes, or that carry the same EXIF ImageID, must
+    get different keys (the hash-collision advisories)."""
+    import io
+    import uuid
+
+    import numpy as np
+    from PIL import Image
+    from vllm.multimodal.hasher import MultiModalHasher
+
+    pixels = np.asarray(noise(60, 20, seed=6)).tobytes()
+    wide = Image.frombytes("RGB", (60, 20), pixels)
+    tall = Image.frombytes("RGB", (20, 60), pixels)
+
+    def with_image_id(image) -> bytes:
+        exif = Image.Exif()
+        exif[Image.ExifTags.Base.ImageID] = str(uuid.UUID(int=7))
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", exif=exif)
+        return buf.getvalue()
+
+    images = ImageLoader(ServerSettings(), processing)
+    with images.request_media() as media:
+        pairs = [
+            (images._prepare(png(wide), media), images._prepare(png(tall), media)),
+            (images._prepare(with_image_id(noise(40, 30, seed=1)), media),
+             images._prepare(with_image_id(noise(40, 30, seed=2)), media)),
+        ]
+    for first, second in pairs:
+        assert MultiModalHasher.hash_kwargs("sha256", image=first) != MultiModalHasher.hash_kwargs(
+            "sha256", image=second)

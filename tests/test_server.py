@@ -211,6 +211,9 @@ def test_unknown_model_is_404(stack):
         ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 5000}, "limit"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "see <image>"}]}, "image_url parts"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 1000}, "n"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 500, "logprobs": True},
+         "top_logprobs"),
     ],
 )
 def test_bad_requests_are_400_with_a_readable_message(stack, body, fragment):
@@ -417,3 +420,41 @@ def test_a_huge_prompt_does_not_stall_the_event_loop(stack):
     worker.result()
     assert_error(box["response"], 400, "limit")
     assert slowest < box["took"] / 2, (slowest, box["took"])
+
+
+def test_nan_and_infinite_floats_are_400(stack):
+    for value in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "temperature": %s}' % (
+            MODEL.encode(), value)
+        r = httpx.post(stack["base"] + "/v1/chat/completions", content=body,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        assert_error(r, 400, "temperature")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 1), (2, 2)])
+def test_degenerate_images_are_served_and_the_engine_lives(stack, size):
+    body = {"model": MODEL, "messages": [user("what?", data_url(noise(*size, seed=5)))], "max_tokens": 2}
+    assert post(stack, body).status_code == 200
+    assert httpx.get(stack["base"] + "/health").status_code == 200
+
+
+def test_markdown_image_links_in_text_are_never_fetched(stack):
+    link = f"![x]({stack['hostile']}/img.png?markdown) <img src=\"{stack['hostile']}/img.png?tag\">"
+    assert post(stack, {"model": MODEL, "messages": [user(link)], "max_tokens": 2}).status_code == 200
+    assert stack["hostile_record"].hits.get("/img.png", 0) == 0
+
+
+def test_every_route_but_health_and_metrics_needs_the_key(stack):
+    for path in ("/v1/models", "/metrics/../v1/models", "/v1/nothing-here", "/docs"):
+        assert httpx.get(stack["base"] + path).status_code == 401, path
+    r = httpx.get(stack["base"] + "/v1/models", headers={"Host": "evil/x?", "Authorization": "Bearer nope"})
+    assert r.status_code in (400, 401)
+
+
+def test_the_server_listens_on_loopback_only(stack):
+    import psutil
+
+    root = psutil.Process(stack["proc"].pid)
+    listening = [c for p in [root, *root.children(recursive=True)] for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and all(c.laddr.ip in ("127.0.0.1", "::1") for c in listening), listening

@@ -138,3 +138,35 @@ def test_cli_without_a_model_says_what_to_do(tmp_path):
                                 __file__).resolve().parents[1])})
     assert result.returncode != 0
     assert "--model DIR" in result.stderr and "models/default" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",  # the classic SSTI walk
+        "{% for m in messages %}{{ m.role.__class__.__init__.__globals__ }}{% endfor %}",
+        "{{ messages.append(1) }}",  # immutable sandbox: no mutation of what it is given
+        "{{ raise_exception('Conversation roles must alternate') }}",
+        "{{ undefined_function() }}",
+    ],
+)
+def test_hostile_or_refusing_templates_are_template_errors(tmp_path, source):
+    from server.chat.templates import TemplateError
+
+    path = tmp_path / "t.jinja"
+    path.write_text(source)
+    template = choose_template(str(path), _Tok(), "llama")
+    with pytest.raises(TemplateError):
+        template.render(CONVERSATION)
+
+
+def test_refusing_on_a_network_address_without_a_key():
+    from server.cli import ExposureError, check_exposure
+
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        check_exposure(ServerSettings(host=host))
+    check_exposure(ServerSettings(host="0.0.0.0", api_key=["k"]))
+    check_exposure(ServerSettings(host="0.0.0.0", allow_unauthenticated=True))
+    for host in ("0.0.0.0", "::", "192.168.1.5"):
+        with pytest.raises(ExposureError, match="without an API key"):
+            check_exposure(ServerSettings(host=host))
