@@ -92,12 +92,16 @@ def test_streaming_matches_non_streaming(client):
         model=MODEL, messages=messages, max_tokens=12, temperature=0, stream=True,
         stream_options={"include_usage": True},
     )
+    first = None
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
         for choice in chunk.choices:
+            first = first or choice
             pieces.append(choice.delta.content or "")
             finish = choice.finish_reason or finish
+    # The first chunk with choices carries the role and a real token (what TTFT tools stamp).
+    assert first.delta.role == "assistant" and (first.delta.content or first.finish_reason)
     assert "".join(pieces) == whole.choices[0].message.content
     assert finish == "length" and usage.completion_tokens == 12
     assert usage.prompt_tokens == whole.usage.prompt_tokens

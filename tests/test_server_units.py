@@ -170,3 +170,34 @@ def test_refusing_on_a_network_address_without_a_key():
     for host in ("0.0.0.0", "::", "192.168.1.5"):
         with pytest.raises(ExposureError, match="without an API key"):
             check_exposure(ServerSettings(host=host))
+
+
+def _metaspace_tokenizer():
+    """A sentencepiece-style (``▁``) tokenizer, as Llama's, trained in code."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tok.train_from_iterator(["the answer is 2 and 3 and more words here"] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_reply_start_matches_a_fresh_decode():
+    from llava_model.tiny import build_tokenizer
+    from server.chat.serving import ReplyStart
+
+    piece = _metaspace_tokenizer()
+    ids = piece.encode("2 and", add_special_tokens=False)  # '▁2', '▁and'
+    start = ReplyStart(piece)
+    # vLLM's in-context detokenisation: " 2", then " and"; a fresh decode says "2 and".
+    assert start.fix(0, " 2", ids[:1]) + start.fix(0, " and", ids[1:]) == piece.decode(ids) == "2 and"
+    streamed = ReplyStart(piece)
+    assert streamed.fix(0, "", []) == "" and streamed.fix(0, " 2 and", ids) == "2 and"  # empty first delta
+    assert ReplyStart(piece).fix(1, "2", ids[:1]) == "2"  # nothing to drop
+
+    byte_level = build_tokenizer()
+    ids = byte_level.encode(" 2", add_special_tokens=False)  # 'Ġ2': a fresh decode keeps the space
+    assert ReplyStart(byte_level).fix(0, " 2", ids) == " 2" == byte_level.decode(ids)

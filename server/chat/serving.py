@@ -214,7 +214,9 @@ class ChatService:
             await self._abort(rid)
             raise
         outputs = [finals[i] for i in sorted(finals)]
-        choices = [self._choice(req, o, o.index * copies + c) for o in outputs for c in range(copies)]
+        start = ReplyStart(self.tokenizer)
+        texts = {o.index: start.fix(o.index, o.text, o.token_ids) for o in outputs}
+        choices = [self._choice(req, o, texts[o.index], o.index * copies + c) for o in outputs for c in range(copies)]
         completion = copies * sum(len(o.token_ids) for o in outputs)
         timing.finish(result.get("prompt_tokens", 0), completion, result.get("metrics"))
         body = ChatCompletion(
@@ -224,9 +226,9 @@ class ChatService:
         )
         return JSONResponse(body.model_dump(exclude_none=False))
 
-    def _choice(self, req, output, index: int) -> Choice:
+    def _choice(self, req, output, text: str, index: int) -> Choice:
         logprobs = self._logprobs(req, output.token_ids, output.logprobs) if req.logprobs else None
-        return Choice(index=index, message=AssistantMessage(content=output.text),
+        return Choice(index=index, message=AssistantMessage(content=text),
                       logprobs=logprobs, finish_reason=_finish(output))
 
     def _logprobs(self, req, token_ids, entries) -> ChoiceLogprobs:
@@ -262,28 +264,32 @@ class ChatService:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         prompt_tokens, completion = 0, 0
         metrics = None
+        start = ReplyStart(self.tokenizer)
 
         def chunk(choices, usage=None) -> str:
             body = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
             return f"data: {json.dumps(body.model_dump(exclude_none=True))}\n\n"
 
         try:
-            yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content="")) for i in range(req.n)])
+            # No role-only chunk up front: each choice's first chunk carries its role and its
+            # first text, so tools that stamp TTFT at the first chunk measure a real token.
+            opened: set[int] = set()
             async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
                 async for output in self._generate(prompt, params, rid):
                     prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
                     metrics = output.metrics or metrics
                     choices = []
                     for o in output.outputs:
+                        text = start.fix(o.index, o.text, o.token_ids)
                         completion += copies * len(o.token_ids)
                         timing.tokens_seen(len(o.token_ids))
                         logprobs = self._logprobs(req, o.token_ids, o.logprobs) if req.logprobs else None
-                        if o.text or o.finish_reason or logprobs:
-                            choices += [
-                                ChunkChoice(index=o.index * copies + c, delta=Delta(content=o.text or None),
-                                            logprobs=logprobs, finish_reason=_finish(o))
-                                for c in range(copies)
-                            ]
+                        if text or o.finish_reason or logprobs:
+                            for index in range(o.index * copies, (o.index + 1) * copies):
+                                role = None if index in opened else "assistant"
+                                opened.add(index)
+                                choices.append(ChunkChoice(index=index, delta=Delta(role=role, content=text or None),
+                                                           logprobs=logprobs, finish_reason=_finish(o)))
                     if choices:
                         yield chunk(choices)
             timing.finish(prompt_tokens, completion, metrics)
@@ -338,6 +344,36 @@ def _client_error(exc: BaseException) -> APIError:
         first = message.split(" ", 1)[0].strip("`'\":,.")
         param = first if first in ChatCompletionRequest.model_fields else None
     return bad_request(message, param=param)
+
+
+class ReplyStart:
+    """The start of each reply as transformers' ``decode`` of the generated ids gives it.
+
+    vLLM detokenises a reply in the context of its prompt, so a sentencepiece model's
+    first word piece (``▁2``) comes out as ``" 2"``, where a fresh decode of the
+    generated ids (transformers, the original LLaVA) gives ``"2"``. The first text of
+    each choice loses that one space when a fresh decode has none; byte-level BPE
+    tokenizers, whose fresh decode keeps a generated space, are left as they are. The
+    same rule runs on streamed deltas, so they concatenate to the non-streamed text.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: dict[int, list[int]] = {}
+        self.settled: set[int] = set()
+
+    def fix(self, index: int, text: str, token_ids) -> str:
+        if index in self.settled:
+            return text
+        self.ids.setdefault(index, []).extend(token_ids)
+        if not text:
+            return text
+        self.settled.add(index)
+        if text.startswith(" "):
+            fresh = self.tokenizer.decode(self.ids[index], skip_special_tokens=True)
+            if not fresh.startswith(" "):
+                return text[1:]
+        return text
 
 
 class _Disconnected(Exception):
