@@ -13,7 +13,7 @@ MODEL ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test serve model serve-tiny demo tiny-model bench baseline clean
+.PHONY: install test soak serve model serve-tiny demo tiny-model bench baseline clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest
+
+soak: install
+	$(PY) -m tests.soak --seconds 300
 
 serve: install $(if $(MODEL),,model)
 	$(PY) -m server $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT)
