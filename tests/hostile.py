@@ -36,7 +36,7 @@ def _handler(routes: dict, record: Record):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             path = self.path.split("?")[0]
             record.hit(path, self.headers)
             route = routes.get(path)
@@ -105,6 +105,10 @@ def image(handler, path):
     handler._send(200, handler.server.png)
 
 
+def not_an_image(handler, path):
+    handler._send(200, b"hello, not an image", "text/plain")
+
+
 @contextmanager
 def hostile_server(host: str = "127.0.0.1", routes: dict | None = None):
     """Yield ``(base_url, record)`` of a server on ``host`` (any 127.0.0.x) with the
@@ -115,6 +119,7 @@ def hostile_server(host: str = "127.0.0.1", routes: dict | None = None):
         "/drip": drip(0.2),
         "/drip-fast": drip(0.05),
         "/gzip-bomb": gzip_bomb,
+        "/text": not_an_image,
         **(routes or {}),
     }
     httpd = ThreadingHTTPServer((host, 0), _handler(table, record))

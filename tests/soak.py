@@ -33,7 +33,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -78,52 +77,13 @@ def _png(image) -> bytes:
     return png(image)
 
 
-class _Images(BaseHTTPRequestHandler):
-    png = b""
-    drip_interval_s = 0.3
-    drip_bytes = 50
-
-    def do_GET(self):
-        if self.path not in ("/img.png", "/drip", "/text"):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = {"/img.png": self.png, "/text": b"hello, not an image"}.get(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain" if self.path == "/text" else "image/png")
-        if body is not None:
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        self.end_headers()  # the drip: no length, one byte at a time, until drip_bytes or the reader leaves
-        for i in range(self.drip_bytes):
-            time.sleep(self.drip_interval_s)
-            try:
-                self.wfile.write(self.png[i : i + 1] or b"\0")
-                self.wfile.flush()
-            except OSError:
-                return
-
-    def log_message(self, *args):
-        pass
-
-
 @contextmanager
 def image_server(cfg: SoakConfig):
-    from tests.images import photo_like
+    """tests.hostile's image server (a PNG, a 404, a non-image) with the soak's drip."""
+    from tests.hostile import drip, hostile_server
 
-    attrs = {"png": _png(photo_like(48, 40, seed=3)), "drip_interval_s": cfg.drip_interval_s,
-             "drip_bytes": cfg.drip_bytes}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Images", (_Images,), attrs))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with hostile_server(routes={"/drip": drip(cfg.drip_interval_s, cfg.drip_bytes)}) as (base, _):
+        yield base
 
 
 # ---- request kinds ------------------------------------------------------------------------------

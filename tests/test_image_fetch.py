@@ -25,16 +25,33 @@ PROCESSING = ImageProcessingConfig(image_size=32, shortest_edge=32)
 
 
 def loader(**overrides) -> ImageLoader:
-    settings = dict(allowed_image_hosts=["127.0.0.1"], image_timeout_s=1.0, image_connect_timeout_s=0.5,
-                    max_image_bytes=300_000)
-    settings.update(overrides)
+    settings = {"allowed_image_hosts": ["127.0.0.1"], "image_timeout_s": 1.0, "image_connect_timeout_s": 0.5,
+                "max_image_bytes": 300_000, **overrides}
     return ImageLoader(ServerSettings(**settings), PROCESSING)
 
 
-def load(images: ImageLoader, *urls: str):
-    """Load ``urls`` as one request; return the images or the APIError."""
+def load(images: ImageLoader, *urls: str, answers=None, calls: dict | None = None):
+    """Load ``urls`` as one request; return the images or the APIError.
+
+    ``answers(host, call)``: the event loop's resolver answers from it for the names it
+    knows (the rest resolve as usual), counting calls per name in ``calls``. Injected in
+    the loop, so the check and the connection see the same resolver; nothing touches
+    system DNS."""
 
     async def run():
+        if answers is not None:
+            loop = asyncio.get_running_loop()
+            real = loop.getaddrinfo
+
+            async def fake(host, port, *args, **kwargs):
+                name = host.decode() if isinstance(host, bytes) else host
+                answer = answers(name, calls.get(name, 0))
+                if answer is None:
+                    return await real(host, port, *args, **kwargs)
+                calls[name] = calls.get(name, 0) + 1
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answer, port))]
+
+            loop.getaddrinfo = fake
         try:
             with images.request_media() as media:
                 return await images.load_all(list(urls), media)
@@ -48,39 +65,6 @@ def load(images: ImageLoader, *urls: str):
 
 def data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(png(image)).decode()
-
-
-def with_resolver(answers):
-    """Run ``load`` with the event loop's resolver answering from ``answers(host, call)``
-    (only for names it knows; the rest resolve as usual). Injected in the loop, so the
-    check and the connection see the same resolver — nothing touches system DNS."""
-    calls: dict[str, int] = {}
-
-    def patch(images: ImageLoader, *urls: str):
-        async def run():
-            loop = asyncio.get_running_loop()
-            real = loop.getaddrinfo
-
-            async def fake(host, port, *args, **kwargs):
-                name = host.decode() if isinstance(host, bytes) else host
-                answer = answers(name, calls.get(name, 0))
-                if answer is None:
-                    return await real(host, port, *args, **kwargs)
-                calls[name] = calls.get(name, 0) + 1
-                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answer, port))]
-
-            loop.getaddrinfo = fake
-            try:
-                with images.request_media() as media:
-                    return await images.load_all(list(urls), media)
-            except APIError as exc:
-                return exc
-            finally:
-                await images.aclose()
-
-        return asyncio.run(run())
-
-    return patch, calls
 
 
 def assert_refused(result, *fragments: str) -> str:
@@ -101,25 +85,34 @@ def test_a_plain_image_loads():
 def test_dns_rebinding_cannot_reach_loopback():
     """The name answers a public address for the check and loopback afterwards; the
     connection must go to the address that was checked, never to the loopback server."""
-    rebinding = lambda host, call: ("93.184.216.34" if call == 0 else "127.0.0.1") if host == "rebind.test" else None  # noqa: E731
-    run, calls = with_resolver(rebinding)
+    def rebinding(host, call):
+        if host != "rebind.test":
+            return None
+        return "93.184.216.34" if call == 0 else "127.0.0.1"
+
+    calls: dict[str, int] = {}
     with hostile_server() as (base, record):
         port = base.rsplit(":", 1)[1]
-        result = run(loader(allowed_image_hosts=[]), f"http://rebind.test:{port}/img.png")
+        result = load(loader(allowed_image_hosts=[]), f"http://rebind.test:{port}/img.png",
+                      answers=rebinding, calls=calls)
     assert record.hits.get("/img.png", 0) == 0, "the fetch reached the loopback server"
     assert_refused(result, "image 1")
     assert calls["rebind.test"] == 1  # resolved once, connected to what was checked
 
 
 def test_refusal_does_not_echo_the_resolved_address():
-    run, _ = with_resolver(lambda host, call: "10.20.30.40" if host == "intranet.test" else None)
-    message = assert_refused(run(loader(allowed_image_hosts=[]), "http://intranet.test/a.png"), "refused")
+    def internal(host, call):
+        return "10.20.30.40" if host == "intranet.test" else None
+
+    result = load(loader(allowed_image_hosts=[]), "http://intranet.test/a.png", answers=internal, calls={})
+    message = assert_refused(result, "refused")
     assert "10.20.30.40" not in message
 
 
 def test_redirect_to_a_non_allowed_loopback_address_is_refused():
     with hostile_server("127.0.0.2") as (inner, inner_record):
-        with hostile_server(routes={"/hop": redirect(inner + "/img.png")}) as (base, _):
+        hop = {"/hop": redirect(inner + "/img.png")}
+        with hostile_server(routes=hop) as (base, _):
             result = load(loader(), base + "/hop")
     assert_refused(result, "refused")
     assert inner_record.hits == {}

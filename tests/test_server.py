@@ -26,17 +26,19 @@ def stack(tmp_path_factory):
     local = root / "local-images"
     local.mkdir()
     (local / "pic.png").write_bytes(png(photo_like(30, 50, seed=9)))
-    with image_server() as images, hostile_server() as (hostile, hostile_record):
-        with running_server(
-            root / "model",
-            "--served-model-name", MODEL, "--api-key", KEY,
-            "--allowed-image-hosts", "127.0.0.1", "--allowed-local-image-dir", str(local),
-            "--max-inflight", "2", "--max-body-bytes", "2000000", "--max-image-bytes", "300000",
-            "--max-image-pixels", "4000000", "--image-timeout-s", "1.5", "--limit-images-per-prompt", "3",
-            log_path=root / "server.log",
-        ) as (base, proc):
-            yield {"base": base, "images": images, "local": local, "proc": proc, "root": root,
-                   "hostile": hostile, "hostile_record": hostile_record}
+    flags = [
+        "--served-model-name", MODEL, "--api-key", KEY,
+        "--allowed-image-hosts", "127.0.0.1", "--allowed-local-image-dir", str(local),
+        "--max-inflight", "2", "--max-body-bytes", "2000000", "--max-image-bytes", "300000",
+        "--max-image-pixels", "4000000", "--image-timeout-s", "1.5", "--limit-images-per-prompt", "3",
+    ]
+    with (
+        image_server() as images,
+        hostile_server() as (hostile, hostile_record),
+        running_server(root / "model", *flags, log_path=root / "server.log") as (base, proc),
+    ):
+        yield {"base": base, "images": images, "local": local, "proc": proc, "root": root,
+               "hostile": hostile, "hostile_record": hostile_record}
 
 
 @pytest.fixture(scope="module")

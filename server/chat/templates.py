@@ -65,9 +65,8 @@ class ChatTemplate:
 
 
 def _jinja(source: str, tokenizer) -> Callable[[list[Message]], str]:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     from jinja2 import TemplateError as JinjaError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise_exception

@@ -11,6 +11,7 @@ request's charge is released when its images have been handed on (or it fails).
 """
 
 import threading
+from typing import Self
 
 from server.errors import APIError, bad_request
 
@@ -60,7 +61,7 @@ class RequestMedia:
         self.closed = False
         self._lock = threading.Lock()
 
-    def __enter__(self) -> "RequestMedia":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -153,5 +153,5 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
-    except Exception:
+    except Exception:  # noqa: BLE001 (PIL raises many types; decode_image then says why)
         return None

@@ -9,8 +9,8 @@ prefix at scrape time.
 import threading
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.registry import Collector
 from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)

@@ -115,11 +115,11 @@ class Gate:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         path = scope.get("path", "")
-        if self.keys and needs_key(path, health=self.health_needs_key, metrics=self.metrics_needs_key):
-            if not key_ok(headers.get(b"authorization", b"").decode("latin-1"), self.keys):
-                error = APIError(401, "missing or invalid API key", code="invalid_api_key",
-                                 headers={"WWW-Authenticate": "Bearer"})
-                return await send_error(send, error)
+        guarded = self.keys and needs_key(path, health=self.health_needs_key, metrics=self.metrics_needs_key)
+        if guarded and not key_ok(headers.get(b"authorization", b"").decode("latin-1"), self.keys):
+            error = APIError(401, "missing or invalid API key", code="invalid_api_key",
+                             headers={"WWW-Authenticate": "Bearer"})
+            return await send_error(send, error)
         cap = self.max_body_bytes
         too_large = APIError(413, f"request body is larger than {cap} bytes", code="request_too_large")
         declared = headers.get(b"content-length", b"").decode("latin-1")
