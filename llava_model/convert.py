@@ -5,7 +5,9 @@ config carries ``mm_*`` keys and whose projector lives at ``model.mm_projector``
 the CLIP tower is usually referenced by name only, so it is read from a local CLIP
 directory (``--vision-tower``). The result has ``<image>`` (and ``<pad>`` when the
 tokenizer lacks one) added to the tokenizer, embeddings resized to match (new rows
-set to the mean of the old ones), and loads in transformers and in our vLLM model.
+set to the mean of the old ones), and loads in transformers and in our vLLM model. Its
+config.json says ``"llava_prompt_tokenization": "chunks"``: prompts are tokenised as the
+original repo trained them (see ``llava_model.prompt_ids``).
 
     llava-convert SRC --vision-tower CLIP_DIR --out DST
 """
@@ -22,6 +24,7 @@ import torch
 
 from llava_model.hf_projector import PROJECTOR_TYPES
 from llava_model.image_processing import aspect_mode_for
+from llava_model.prompt_ids import SETTING as PROMPT_TOKENIZATION
 
 TEXT_MODEL_TYPES = {"llava_llama": "llama", "llava": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2"}
 SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
@@ -164,6 +167,9 @@ def convert(opts: ConvertOptions) -> Path:
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
     config.projector_type = kind
+    # The original repo tokenises prompts chunk by chunk around each <image>
+    # (llava.mm_utils.tokenizer_image_token); serve and fine-tune the model the same way.
+    setattr(config, PROMPT_TOKENIZATION, "chunks")
     config.architectures = ["LlavaForConditionalGeneration"]
     _write(opts, config, tokenizer, weights, src, tower_dir, vision_config.image_size)
     return opts.out

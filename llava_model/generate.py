@@ -3,13 +3,17 @@
     python -m llava_model.generate --model DIR --image photo.jpg --prompt "What is shown?"
 
 The prompt is wrapped in LLaVA's vicuna_v1 format unless ``--raw`` is given; each
-``--image`` adds one ``<image>`` placeholder in front of the question.
+``--image`` adds one ``<image>`` placeholder in front of the question. The prompt goes to
+the engine as token ids, tokenised as the model directory's config says
+(``llava_model.prompt_ids``), exactly as the server does.
 """
 
 import argparse
 from pathlib import Path
 
 from llava_model.image_processing import ImageError, decode_image
+from llava_model.prompt_ids import encode_prompt, prompt_tokenization
+from llava_model.reply_text import fresh_start
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ImageError) as exc:
             parser.exit(2, f"error: {path}: {exc}\n")
     prompt = args.prompt if args.raw else vicuna_prompt(args.prompt, len(images))
+    try:
+        tokenization = prompt_tokenization(args.model)
+    except (OSError, ValueError) as exc:
+        parser.exit(2, f"error: {args.model}: {exc}\n")
 
     from vllm import LLM, SamplingParams
 
@@ -54,10 +62,12 @@ def main(argv: list[str] | None = None) -> None:
         limit_mm_per_prompt={"image": max(len(images), 1)},
         kv_cache_memory_bytes=int(args.kv_cache_gb * 2**30),
     )
-    request = {"prompt": prompt, "multi_modal_data": {"image": images}} if images else prompt
+    request = {"prompt_token_ids": encode_prompt(llm.get_tokenizer(), prompt, tokenization)}
+    if images:
+        request["multi_modal_data"] = {"image": images}
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     output = llm.generate([request], params, use_tqdm=False)[0].outputs[0]
-    print(output.text)
+    print(fresh_start(llm.get_tokenizer(), output.text, output.token_ids) if output.text else "")
 
 
 if __name__ == "__main__":

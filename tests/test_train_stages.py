@@ -92,6 +92,10 @@ def test_stage1_trains_only_the_projector_and_logs(parts):
     assert result["mismatches"] == 0 and result["final_loss"] == pytest.approx(log[-1]["loss"], rel=1e-5)
     meta = json.loads((parts / "s1" / "final" / "llava_train.json").read_text())
     assert meta["stage"] == 1 and meta["chat_format"] == "plain"
+    # Trained on whole-prompt tokenisation (an assembled model), and the export says so.
+    assert meta["prompt_tokenization"] == "whole"
+    for model_dir in (parts / "assembled", parts / "s1" / "final"):
+        assert json.loads((model_dir / "config.json").read_text())["llava_prompt_tokenization"] == "whole"
 
 
 def test_stage2_trains_projector_and_llm_not_vision(parts):

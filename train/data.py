@@ -5,7 +5,9 @@ A file is a JSON list of ``{"id", "image"?, "conversations": [{"from": "human"|"
 problem is reported with the sample's id (and position), all of them at once.
 
 Tokenisation renders a conversation with a ``llava_model.chat_format`` format, tokenises
-the whole text once and labels exactly the tokens inside assistant segments. A token
+the text as the base model reads prompts (``llava_model.prompt_ids``: ``whole``, or in
+``chunks`` around each ``<image>`` for checkpoints of the original repo) and labels exactly
+the tokens inside assistant segments. A token
 that straddles a segment edge, an ``<image>`` that did not become one image token, or
 a sample left with nothing to learn is a *tokenisation mismatch*: counted, listed by
 id, and the sample is left out — it never trains with a silent zero loss.
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from llava_model.chat_format import IMAGE, Turn, segments
+from llava_model.prompt_ids import DEFAULT_TOKENIZATION, encode_prompt_with_offsets
 
 IGNORE = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -113,8 +116,12 @@ class MismatchReport:
 
 
 def tokenise(sample: Sample, tokenizer, fmt: str, image_tokens: int, max_length: int,
-             system: str | None = None) -> Tokenised | str:
-    """Input ids (each ``<image>`` expanded to ``image_tokens`` ids) and labels, or why not."""
+             system: str | None = None, tokenization: str = DEFAULT_TOKENIZATION) -> Tokenised | str:
+    """Input ids (each ``<image>`` expanded to ``image_tokens`` ids) and labels, or why not.
+
+    ``tokenization`` is the model's prompt tokenisation (``llava_model.prompt_ids``), the
+    one it is served with.
+    """
     parts = segments(fmt, system, list(sample.turns))
     text = "".join(t for t, _ in parts)
     spans, pos = [], 0
@@ -122,10 +129,10 @@ def tokenise(sample: Sample, tokenizer, fmt: str, image_tokens: int, max_length:
         if trainable:
             spans.append((pos, pos + len(t)))
         pos += len(t)
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE)
+    encoded, offsets = encode_prompt_with_offsets(tokenizer, text, tokenization, image_token_id=image_id)
     ids, labels = [], []
-    for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+    for tok, (start, end) in zip(encoded, offsets, strict=True):
         inside = [s <= start and end <= e for s, e in spans] if end > start else [False]
         crosses = any(start < e and s < end for s, e in spans) and not any(inside)
         if crosses:
@@ -136,7 +143,7 @@ def tokenise(sample: Sample, tokenizer, fmt: str, image_tokens: int, max_length:
         else:
             ids.append(tok)
             labels.append(tok if any(inside) else IGNORE)
-    found = enc["input_ids"].count(image_id)
+    found = encoded.count(image_id)
     if found != text.count(IMAGE):
         return f"{text.count(IMAGE)} {IMAGE} in the text became {found} image token(s)"
     if len(ids) > max_length:
@@ -153,13 +160,15 @@ class LlavaDataset(torch.utils.data.Dataset):
     """Tokenised samples; images are opened and preprocessed lazily, as the server does."""
 
     def __init__(self, samples: Sequence[Sample], tokenizer, fmt: str, image_tokens: int, max_length: int,
-                 image_config, image_root: str | Path | None = None, system: str | None = None):
+                 image_config, image_root: str | Path | None = None, system: str | None = None,
+                 tokenization: str = DEFAULT_TOKENIZATION):
         self.image_root = Path(image_root) if image_root is not None else Path(".")
         self.image_config = image_config
+        self.tokenization = tokenization
         self.mismatches = MismatchReport()
         self.items: list[tuple[Sample, Tokenised]] = []
         for sample in samples:
-            out = tokenise(sample, tokenizer, fmt, image_tokens, max_length, system)
+            out = tokenise(sample, tokenizer, fmt, image_tokens, max_length, system, tokenization)
             if isinstance(out, str):
                 self.mismatches.add(sample.id, out)
             else:

@@ -128,6 +128,7 @@ def train_stage(cfg: StageConfig, export_dir: str | Path | None = None) -> dict:
     """Train one stage; export the result to ``export_dir`` (default ``<output_dir>/final``)."""
     from tqdm.auto import tqdm
 
+    from llava_model.prompt_ids import prompt_tokenization
     from llava_model.vision import num_image_tokens
 
     if not (Path(cfg.model) / "config.json").is_file():
@@ -139,8 +140,11 @@ def train_stage(cfg: StageConfig, export_dir: str | Path | None = None) -> dict:
     model, tokenizer = _load(cfg)
     image_cfg, processor_raw = _image_config(cfg.model, model.config.vision_config.image_size)
     samples = load_samples(cfg.data, cfg.image_root or None)
+    # Tokenise prompts as the base model reads them (a converted original-repo checkpoint:
+    # chunks around each <image>); the export says the same, so it is served that way.
+    tokenization = prompt_tokenization(cfg.model)
     ds = LlavaDataset(samples, tokenizer, cfg.chat_format, num_image_tokens(model.config), cfg.max_length,
-                      image_cfg, cfg.image_root or None)
+                      image_cfg, cfg.image_root or None, tokenization=tokenization)
     _report_mismatches(ds, len(samples), out, acc)
 
     world, rank = acc.num_processes, acc.process_index
@@ -222,7 +226,7 @@ def train_stage(cfg: StageConfig, export_dir: str | Path | None = None) -> dict:
         raise RuntimeError(f"processes ended with different weights: {digests}")
     _save(acc, out, total, cfg.keep_checkpoints, {"scheduler": scheduler.state_dict()})
     target = Path(export_dir) if export_dir else out / "final"
-    _export(acc, model, tokenizer, processor_raw, target, cfg, result)
+    _export(acc, model, tokenizer, processor_raw, target, cfg, result, tokenization)
     return result
 
 
@@ -244,13 +248,15 @@ def _rank_digests(acc, model) -> list[str]:
     return gather_object([h.hexdigest()[:16]])
 
 
-def _export(acc, model, tokenizer, processor: dict, target: Path, cfg: StageConfig, result: dict) -> None:
+def _export(acc, model, tokenizer, processor: dict, target: Path, cfg: StageConfig, result: dict,
+            tokenization: str) -> None:
     from train.export import export
 
     meta = {"stage": cfg.stage, "config": cfg.__dict__, "result": result}
     state = acc.get_state_dict(model) if cfg.fsdp else None  # gathered on every rank's call
     if acc.is_main_process:
-        export(acc.unwrap_model(model), tokenizer, processor, target, cfg.chat_format, meta, state_dict=state)
+        export(acc.unwrap_model(model), tokenizer, processor, target, cfg.chat_format, meta, state_dict=state,
+               prompt_tokenization=tokenization)
     acc.wait_for_everyone()
 
 

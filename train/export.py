@@ -1,5 +1,7 @@
 """Write a trained LLaVA as a servable checkpoint: llava-hf Hub layout + tokenizer +
-chat template + image processor config (+ a LoRA adapter in PEFT format).
+chat template + image processor config (+ a LoRA adapter in PEFT format), with the prompt
+tokenisation it was trained with (``llava_prompt_tokenization`` in config.json, see
+``llava_model.prompt_ids``).
 
 The directory is written beside its destination and renamed into place, so a reader
 sees either the old checkpoint or the complete new one, never half of one.
@@ -46,16 +48,25 @@ def adapter_state(peft_model) -> dict[str, torch.Tensor]:
 
 def export(model, tokenizer, processor: dict, out_dir: str | Path, chat_format: str = "vicuna_v1",
            metadata: dict | None = None, dtype: torch.dtype | None = None,
-           state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+           state_dict: dict[str, torch.Tensor] | None = None, prompt_tokenization: str | None = None) -> Path:
     """Export ``model`` (a transformers LLaVA, or a PEFT model around one) to ``out_dir``.
 
     A PEFT model is written twice: merged weights at the top level (what the server
     serves by default), and the adapter alone under ``lora/`` for ``--enable-lora`` use
     over the base (``lora/base`` holds that base: the LLM as it was, the trained projector).
+    ``prompt_tokenization`` is how the training data was tokenised (``None``: the model
+    config's own setting, ``whole`` when it has none); the server and the generator read
+    it back and tokenise prompts the same way.
     """
     from safetensors.torch import save_file
 
+    from llava_model.prompt_ids import check_tokenization, write_prompt_tokenization
+    from llava_model.prompt_ids import prompt_tokenization as tokenization_of
     from llava_model.weights import save_hub_layout, save_hub_state
+
+    if prompt_tokenization is None:
+        prompt_tokenization = tokenization_of(getattr(model, "config", None))
+    check_tokenization(prompt_tokenization)
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
@@ -85,6 +96,8 @@ def export(model, tokenizer, processor: dict, out_dir: str | Path, chat_format: 
     for target in [tmp, *([tmp / "lora" / "base"] if (tmp / "lora").is_dir() else [])]:
         tokenizer.save_pretrained(target)
         (target / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
-    (tmp / "llava_train.json").write_text(json.dumps({"chat_format": chat_format, **(metadata or {})}, indent=1))
+        write_prompt_tokenization(target, prompt_tokenization)
+    (tmp / "llava_train.json").write_text(json.dumps(
+        {"chat_format": chat_format, "prompt_tokenization": prompt_tokenization, **(metadata or {})}, indent=1))
     _swap_in(tmp, out)
     return out

@@ -27,6 +27,7 @@ from server.chat.protocol import (
     completion_id,
     now,
 )
+from llava_model.reply_text import fresh_start
 from server.chat.templates import IMAGE, ChatTemplate, TemplateError
 from server.errors import APIError, bad_request
 
@@ -44,6 +45,14 @@ class ChatService:
         self.settings = settings
         self.image_tokens = image_tokens
         self.tokenizer = engine.llm.get_tokenizer()
+        # How this checkpoint was trained to read prompts (llava_model.prompt_ids), read once:
+        # the engine's config, else the model directory's config.json.
+        from llava_model.prompt_ids import SETTING, prompt_tokenization
+
+        hf_config = getattr(getattr(engine.llm, "model_config", None), "hf_config", None)
+        self.prompt_tokenization = prompt_tokenization(
+            hf_config if getattr(hf_config, SETTING, None) is not None else settings.model_dir())
+        log.info("prompt tokenization: %s", self.prompt_tokenization)
         self._prompt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt")
 
     # ---- entry point -------------------------------------------------------------------------
@@ -122,8 +131,9 @@ class ChatService:
         except TemplateError as exc:
             raise bad_request(f"the chat template refused these messages: {exc}", param="messages",
                               code="invalid_messages") from None
-        bos = getattr(self.tokenizer, "bos_token", None)
-        return self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+        from llava_model.prompt_ids import encode_prompt
+
+        return encode_prompt(self.tokenizer, text, self.prompt_tokenization)
 
     def _sampling(self, req: ChatCompletionRequest, prompt_len: int):
         """vLLM's sampling parameters, and how many copies of each output to send: greedy
@@ -347,15 +357,9 @@ def _client_error(exc: BaseException) -> APIError:
 
 
 class ReplyStart:
-    """The start of each reply as transformers' ``decode`` of the generated ids gives it.
-
-    vLLM detokenises a reply in the context of its prompt, so a sentencepiece model's
-    first word piece (``▁2``) comes out as ``" 2"``, where a fresh decode of the
-    generated ids (transformers, the original LLaVA) gives ``"2"``. The first text of
-    each choice loses that one space when a fresh decode has none; byte-level BPE
-    tokenizers, whose fresh decode keeps a generated space, are left as they are. The
-    same rule runs on streamed deltas, so they concatenate to the non-streamed text.
-    """
+    """The first text of each choice as a fresh decode of its generated ids gives it
+    (``llava_model.reply_text``). The same rule runs on streamed deltas, so they
+    concatenate to the non-streamed text."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -369,11 +373,7 @@ class ReplyStart:
         if not text:
             return text
         self.settled.add(index)
-        if text.startswith(" "):
-            fresh = self.tokenizer.decode(self.ids[index], skip_special_tokens=True)
-            if not fresh.startswith(" "):
-                return text[1:]
-        return text
+        return fresh_start(self.tokenizer, text, self.ids[index])
 
 
 class _Disconnected(Exception):
