@@ -72,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     add("--allowed-image-hosts", action="append", help="host or CIDR allowed even if private (repeatable)")
     add("--allowed-local-image-dir", help="serve file:// image URLs from below this directory")
     add("--image-workers", type=int)
+    add("--image-cache-bytes", type=int, help="prepared images kept by content hash, LRU (0: none)")
     add("--frontend-threads", type=int, help="torch threads of the HTTP process (image resizing)")
     add("--cpu-reserved-cores", type=int, help="CPU engines: cores not bound to the model (vLLM default 1)")
     add("--max-inflight", type=int)

@@ -60,6 +60,7 @@ class ServerSettings(BaseSettings):
     allowed_image_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_local_image_dir: Path | None = None  # file:// URLs only below this directory
     image_workers: int = 2
+    image_cache_bytes: int = 256 * 2**20  # prepared images kept by content hash (0: none)
     # CPU split (CPU engines only): torch threads of the HTTP process (image resizing) and
     # cores vLLM leaves to its front end and scheduler instead of binding them to the model.
     frontend_threads: int = 1

@@ -78,7 +78,7 @@ def test_a_plain_image_loads():
     with hostile_server() as (base, record):
         result = load(loader(), base + "/img.png")
     assert not isinstance(result, APIError), result.message
-    assert result[0].size == (32, 32)
+    assert result[0].image.size == (32, 32)
     assert record.headers["/img.png"]["accept-encoding"] == "identity"
 
 
@@ -237,10 +237,37 @@ def test_prepared_images_never_share_a_cache_key(processing):
     images = ImageLoader(ServerSettings(), processing)
     with images.request_media() as media:
         pairs = [
-            (images._prepare(png(wide), media), images._prepare(png(tall), media)),
-            (images._prepare(with_image_id(noise(40, 30, seed=1)), media),
-             images._prepare(with_image_id(noise(40, 30, seed=2)), media)),
+            (images._prepared(png(wide), media).image, images._prepared(png(tall), media).image),
+            (images._prepared(with_image_id(noise(40, 30, seed=1)), media).image,
+             images._prepared(with_image_id(noise(40, 30, seed=2)), media).image),
         ]
     for first, second in pairs:
         assert MultiModalHasher.hash_kwargs("sha256", image=first) != MultiModalHasher.hash_kwargs(
             "sha256", image=second)
+
+
+def test_prepared_images_are_reused_by_content_and_bounded():
+    images = loader(image_cache_bytes=3 * 32 * 32 * 3)  # room for three prepared 32x32 images
+    urls = [data_url(noise(50, 40, seed=i)) for i in range(4)]
+
+    async def run():
+        out = []
+        for url in [urls[0], urls[0], urls[1], urls[2], urls[3], urls[0]]:
+            with images.request_media() as media:
+                out.append((await images.load_all([url], media))[0])
+        # A cached image counts against the pixel budget as a fresh one does (50x40 > 1999).
+        with images.request_media() as media:
+            media.max_pixels = 1999
+            try:
+                await images.load_all([urls[0]], media)
+            except APIError as exc:
+                out.append(exc)
+        await images.aclose()
+        return out
+
+    first, again, *_, evicted, refused = asyncio.run(run())
+    assert again is first  # the same bytes: the prepared image itself, nothing decoded
+    assert evicted is not first and evicted.key == first.key  # pushed out by three others, made anew
+    assert evicted.image.tobytes() == first.image.tobytes()
+    assert len(images.cache) == 3 and images.cache.held == 3 * 32 * 32 * 3
+    assert isinstance(refused, APIError) and "pixels in total" in refused.message

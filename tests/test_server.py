@@ -464,3 +464,16 @@ def test_the_server_listens_on_loopback_only(stack):
     listening = [c for p in [root, *root.children(recursive=True)] for c in p.net_connections(kind="inet")
                  if c.status == psutil.CONN_LISTEN]
     assert listening and all(c.laddr.ip in ("127.0.0.1", "::1") for c in listening), listening
+
+
+def test_a_re_sent_image_is_prepared_once_and_answers_the_same(stack, client):
+    """Multi-turn chat re-sends the image every turn: the second time it comes from the
+    prepared-image cache (by content hash) and the answer is the same."""
+    url = data_url(photo_like(90, 70, seed=21))
+    before = metrics(stack)
+    outs = [client.chat.completions.create(model=MODEL, messages=[user("Describe", url)], max_tokens=8,
+                                           temperature=0).choices[0].message.content for _ in range(2)]
+    after = metrics(stack)
+    assert outs[0] == outs[1]
+    assert after["llava_image_cache_misses_total"] == before.get("llava_image_cache_misses_total", 0) + 1
+    assert after["llava_image_cache_hits_total"] == before.get("llava_image_cache_hits_total", 0) + 1

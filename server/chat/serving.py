@@ -122,7 +122,9 @@ class ChatService:
         images = await self.images.load_all(urls, media) if urls else []
         prompt = {"prompt_token_ids": ids}
         if images:
-            prompt["multi_modal_data"] = {"image": images}
+            prompt["multi_modal_data"] = {"image": [p.image for p in images]}
+            # Our content hash names each image, so vLLM's caches need no pixel hash of their own.
+            prompt["multi_modal_uuids"] = {"image": [p.key for p in images]}
         return prompt, prompt_len, len(urls)
 
     def _token_ids(self, messages) -> list[int]:

@@ -21,6 +21,7 @@ from llava_model.image_processing import ImageError, ImageProcessingConfig, deco
 from server.config import ServerSettings
 from server.errors import bad_request
 from server.media.budget import RequestMedia, ServerMediaBudget
+from server.media.cache import Prepared, PreparedCache, content_key
 from server.media.fetch import Fetcher, FetchError, Resolver
 from server.media.policy import AddressPolicy
 
@@ -47,6 +48,7 @@ class ImageLoader:
         gauge = metrics.image_bytes_in_flight if metrics is not None else None
         self.budget = ServerMediaBudget(settings.max_image_bytes_in_flight, gauge)
         self.pool = ThreadPoolExecutor(max_workers=settings.image_workers, thread_name_prefix="image")
+        self.cache = PreparedCache(settings.image_cache_bytes, metrics)
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
@@ -56,7 +58,7 @@ class ImageLoader:
         s = self.settings
         return RequestMedia(self.budget, s.max_request_image_bytes, s.max_request_image_pixels)
 
-    async def load_all(self, urls: list[str], media: RequestMedia) -> list[Image.Image]:
+    async def load_all(self, urls: list[str], media: RequestMedia) -> list[Prepared]:
         if len(urls) > self.settings.limit_images_per_prompt:
             raise bad_request(
                 f"{len(urls)} images in one request; at most {self.settings.limit_images_per_prompt} are allowed",
@@ -75,7 +77,7 @@ class ImageLoader:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _load(self, index: int, url: str, media: RequestMedia) -> Image.Image:
+    async def _load(self, index: int, url: str, media: RequestMedia) -> Prepared:
         where = f"image {index + 1}"
         started = time.perf_counter()
         try:
@@ -86,12 +88,12 @@ class ImageLoader:
             self.metrics.image_fetch.observe(time.perf_counter() - started)
         started = time.perf_counter()
         try:
-            image = await asyncio.get_running_loop().run_in_executor(self.pool, self._prepare, data, media)
+            prepared = await asyncio.get_running_loop().run_in_executor(self.pool, self._prepared, data, media)
         except ImageError as exc:
             raise bad_request(f"{where}: {exc}", param="messages", code="invalid_image") from None
         if self.metrics is not None:
             self.metrics.image_preprocess.observe(time.perf_counter() - started)
-        return image
+        return prepared
 
     async def _bytes(self, url: str, media: RequestMedia) -> bytes:
         scheme = urlsplit(url).scheme.lower()
@@ -136,13 +138,24 @@ class ImageLoader:
         return path.read_bytes()
 
     # ---- decoding (worker threads) -------------------------------------------------------
-    def _prepare(self, data: bytes, media: RequestMedia) -> Image.Image:
-        """Charge the pixels, decode, orient, convert and bring to the model's square size,
-        so the engine's own preprocessing has only the normalisation left to do. (Only
-        where doing the geometry twice changes nothing: a resize target equal to the crop.)"""
+    def _prepared(self, data: bytes, media: RequestMedia) -> Prepared:
+        """From the cache when these bytes were prepared before, else ``_prepare``d now."""
+        key = content_key(data)
+        entry = self.cache.get(key)
+        if entry is not None:
+            media.add_pixels(*entry.size)  # the same budgets as a fresh decode
+            return entry
         size = _header_size(data)
         if size is not None and size[0] * size[1] <= self.settings.max_image_pixels:
             media.add_pixels(*size)  # else decode_image below refuses it with the reason
+        entry = Prepared(self._prepare(data), key, size or (0, 0))
+        self.cache.put(entry)
+        return entry
+
+    def _prepare(self, data: bytes) -> Image.Image:
+        """Decode, orient, convert and bring to the model's square size, so the engine's own
+        preprocessing has only the normalisation left to do. (Only where doing the geometry
+        twice changes nothing: a resize target equal to the crop.)"""
         image = to_rgb(decode_image(data, max_pixels=self.settings.max_image_pixels))
         if self.processing.shortest_edge != self.processing.image_size:
             return image

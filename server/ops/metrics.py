@@ -64,6 +64,8 @@ class Metrics:
         self.image_preprocess = Histogram(
             "llava_image_preprocess_seconds", "Image decode + preprocess time", buckets=LATENCY_BUCKETS
         )
+        self.image_cache_hits = Counter("llava_image_cache_hits", "Images served from the prepared-image cache")
+        self.image_cache_misses = Counter("llava_image_cache_misses", "Images decoded and prepared anew")
         self.image_bytes_in_flight = Gauge(
             "llava_image_bytes_in_flight", "Image bytes (encoded and decoded) held by requests in flight"
         )
