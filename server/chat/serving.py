@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from llava_model.reply_text import fresh_start
 from server.chat.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -27,7 +28,6 @@ from server.chat.protocol import (
     completion_id,
     now,
 )
-from llava_model.reply_text import fresh_start
 from server.chat.templates import IMAGE, ChatTemplate, TemplateError
 from server.errors import APIError, bad_request
 
