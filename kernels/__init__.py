@@ -5,9 +5,14 @@ paths (Triton on CUDA, a fused CPU path) sit behind the same call. ``LLAVA_KERNE
 forces a path for all operations (``reference``, ``fused``, ``triton``) or per operation
 (``projector=triton,preprocess=fused``); it is checked once at start-up
 (``kernels.dispatch.resolve_backends``).
+
+``kernels.resample`` (PIL-exact resizing, CPU) is not dispatched: ``resize_exact`` is
+byte-exact wherever it runs (int8 matmuls where they are fast and exact, PIL itself
+elsewhere), with ``resize_reference`` as its plain transcription for tests.
 """
 
 from kernels.preprocess import normalize_images
 from kernels.projector import prepare_projector
+from kernels.resample import resize_exact
 
-__all__ = ["normalize_images", "prepare_projector"]
+__all__ = ["normalize_images", "prepare_projector", "resize_exact"]

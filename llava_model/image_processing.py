@@ -1,8 +1,8 @@
 """Our image preprocessing: bytes or PIL images -> normalised pixel batches.
 
-No Hugging Face image processor and no torchvision: PIL does decoding and the
-resampling (in C), and ``kernels.normalize_images`` turns the whole batch of uint8
-images into normalised CHW tensors in one vectorised pass.
+No Hugging Face image processor and no torchvision: PIL decodes, ``kernels.resample``
+resizes (byte-exact with PIL) and ``kernels.normalize_images`` turns the whole batch of
+uint8 images into normalised CHW tensors in one vectorised pass.
 
 Geometry per image, by ``aspect_mode``:
 - ``crop``   (CLIP): resize the shortest edge to ``shortest_edge``, centre-crop.
@@ -14,10 +14,16 @@ place, ``aspect_mode_for``: there ``pad`` pads and anything else (``square``, th
 default) runs the CLIP processor as is, i.e. ``crop``.
 
 Resampling, by ``resampler``:
-- ``torch`` (default): PyTorch's antialiased bicubic/bilinear on uint8, vectorised
-  and multi-threaded, 4-6x faster than PIL; every byte within two grey levels of
-  PIL's result (almost all identical).
-- ``pil``: PIL's resize, identical to what transformers' processors compute.
+- ``exact`` (default): ``kernels.resample.resize_exact``, Pillow's two-pass fixed-point
+  algorithm as int8 matrix products in PyTorch; every byte equal to ``Image.resize``
+  (so to what transformers' processors compute) for BICUBIC and BILINEAR. Only the
+  rows and columns that survive the centre crop are computed, and ``pad``'s square
+  canvas is read on the fly (not built, its fill rows not resampled): the same bytes
+  as padding, resizing, then cropping. Other filters use PIL itself.
+- ``torch``: PyTorch's antialiased bicubic/bilinear on uint8, vectorised and
+  multi-threaded; every byte within two grey levels of PIL's result (almost all
+  identical).
+- ``pil``: PIL's resize, then the crop.
 """
 
 import io
@@ -27,13 +33,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from kernels import normalize_images
+from kernels.resample import SUPPORTED as EXACT_FILTERS
+from kernels.resample import resize_exact
 
 AspectMode = Literal["crop", "pad", "resize"]
 ASPECT_MODES: tuple[str, ...] = ("crop", "pad", "resize")
-RESAMPLERS: tuple[str, ...] = ("torch", "pil")
+RESAMPLERS: tuple[str, ...] = ("exact", "torch", "pil")
 _TORCH_MODES = {int(Image.Resampling.BICUBIC): "bicubic", int(Image.Resampling.BILINEAR): "bilinear"}
 
 # The original LLaVA repo's ``image_aspect_ratio`` spellings -> our modes. There, any
@@ -75,7 +83,7 @@ class ImageProcessingConfig:
     image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
     max_pixels: int | None = field(default=None)  # refuse larger images before decoding
-    resampler: str = "torch"  # torch (fast, within 2 grey levels of PIL) | pil (exact)
+    resampler: str = "exact"  # exact (PIL's bytes) | torch (fastest, within 2 grey levels) | pil
 
     def __post_init__(self) -> None:
         if self.aspect_mode not in ASPECT_MODES:
@@ -124,7 +132,7 @@ class ImageProcessingConfig:
             do_normalize=bool(cfg.get("do_normalize", True)),
             image_mean=tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),
             image_std=tuple(cfg.get("image_std", OPENAI_CLIP_STD)),
-            resampler=str(cfg.get("resampler", "torch")),
+            resampler=str(cfg.get("resampler", "exact")),
         )
 
 
@@ -160,7 +168,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     scaled to 8 bits rather than clipped.
     """
     _check_size(image, None)
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # else it would only copy
+        image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode == "RGB":
         return image
@@ -208,27 +217,51 @@ def fit_geometry(image: Image.Image, cfg: ImageProcessingConfig) -> np.ndarray:
     width, height = image.size
     if cfg.aspect_mode == "resize":
         return _resize(image, side, side, cfg)
+    canvas = None
     if cfg.aspect_mode == "pad" and width != height:
-        image = pad_to_square(image, tuple(int(m * 255) for m in cfg.image_mean))
+        fill = tuple(int(m * 255) for m in cfg.image_mean)
+        if _exact(cfg):  # the kernel pads as it reads: the same bytes as pasting first
+            square = max(width, height)
+            canvas = (square, square, (square - width) // 2, (square - height) // 2, fill)
+        else:
+            image = pad_to_square(image, fill)
         width = height = max(width, height)
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = cfg.shortest_edge, int(cfg.shortest_edge * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    resized = _resize(image, new_w, new_h, cfg)
     left, top = (new_w - side) // 2, (new_h - side) // 2
-    return resized[top : top + side, left : left + side]
+    return _resize(image, new_w, new_h, cfg, crop=(left, top, side, side), canvas=canvas)
 
 
-def _resize(image: Image.Image, width: int, height: int, cfg: ImageProcessingConfig) -> np.ndarray:
-    """(H, W, 3) uint8 array of ``image`` resized to ``width`` x ``height``."""
+def _exact(cfg: ImageProcessingConfig) -> bool:
+    return cfg.resampler == "exact" and int(cfg.resample) in EXACT_FILTERS
+
+
+def _resize(
+    image: Image.Image,
+    width: int,
+    height: int,
+    cfg: ImageProcessingConfig,
+    crop: tuple[int, int, int, int] | None = None,
+    canvas: tuple | None = None,
+) -> np.ndarray:
+    """(H, W, 3) uint8 array of ``image`` resized to ``width`` x ``height``, or of the
+    ``crop`` = ``(left, top, crop_width, crop_height)`` of that resize. ``canvas``
+    (exact resampler only): see ``kernels.resample.resize_exact``."""
+    left, top, cw, ch = crop if crop is not None else (0, 0, width, height)
+    if _exact(cfg):
+        out = resize_exact(image, width, height, int(cfg.resample), crop=(left, top, cw, ch), canvas=canvas)
+        return out.numpy()
     if image.size == (width, height):
-        return np.asarray(image)
+        return np.asarray(image)[top : top + ch, left : left + cw]
     mode = _TORCH_MODES.get(int(cfg.resample))
-    if cfg.resampler == "pil" or mode is None:
-        return np.asarray(image.resize((width, height), resample=cfg.resample))
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
-    out = torch.nn.functional.interpolate(pixels, size=(height, width), mode=mode, antialias=True)
-    return out[0].permute(1, 2, 0).numpy()
+    if cfg.resampler != "torch" or mode is None:
+        resized = np.asarray(image.resize((width, height), resample=cfg.resample))
+    else:
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]  # (1, 3, H, W) uint8
+        out = torch.nn.functional.interpolate(pixels, size=(height, width), mode=mode, antialias=True)
+        resized = out[0].permute(1, 2, 0).numpy()
+    return resized[top : top + ch, left : left + cw]
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:

@@ -43,7 +43,7 @@ class TinyLlavaSpec:
     vision_feature_layer: int | tuple[int, ...] = -2
     vision_feature_select_strategy: str = "default"
     aspect_mode: str = "pad"
-    resampler: str = "torch"  # torch | pil (see llava_model.image_processing)
+    resampler: str = "exact"  # exact | torch | pil (see llava_model.image_processing)
     init_std: float = 0.08
     seed: int = 0
     tokenizer_vocab: int = 400  # trained size; at most vocab_size

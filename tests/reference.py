@@ -17,16 +17,17 @@ def hf_processor(mode: str, side: int):
 
 
 def hf_pixel_values(images, spec):
-    """transformers' own processor for PIL resampling; else the checkpoint's settings.
+    """transformers' own processor where ours is byte-exact with it (the default
+    ``exact`` resampler, and ``pil``); else the checkpoint's settings.
 
-    Our torch resampler is within two grey levels of transformers (tested on its own
-    in test_image_processing), which could flip a greedy token of a random model, so
-    model parity then feeds both sides the same pixels.
+    The ``torch`` resampler is within two grey levels of transformers (tested on its
+    own in test_image_processing), which could flip a greedy token of a random model,
+    so model parity then feeds both sides the same pixels.
     """
     from llava_model.image_processing import ImageProcessingConfig, preprocess_images
     from llava_model.tiny import preprocessor_config
 
-    if spec.resampler != "pil":
+    if spec.resampler not in ("pil", "exact"):
         cfg = ImageProcessingConfig.from_hf_dict(preprocessor_config(spec), spec.image_size)
         return preprocess_images(images, cfg)
     processor = hf_processor(spec.aspect_mode, spec.image_size)

@@ -20,16 +20,17 @@ from llava_model.image_processing import (
 from tests.images import noise, photo_like
 from tests.reference import hf_processor
 
-# With PIL resampling our output equals the reference's float32 arithmetic up to the
-# last bit; with torch resampling each byte is within two grey levels of PIL's, which is
-# 2 / 255 / min(std) after normalisation, and almost all bytes are identical.
-ATOL = {"pil": 1e-5, "torch": 2 / 255 / min(OPENAI_CLIP_STD) + 1e-5}
-MEAN_ATOL = {"pil": 1e-6, "torch": 1e-3}
+# With the exact (default) or PIL resampling our bytes are PIL's and the output equals
+# the reference's float32 arithmetic up to the last bit; with torch resampling each byte
+# is within two grey levels of PIL's, which is 2 / 255 / min(std) after normalisation,
+# and almost all bytes are identical.
+ATOL = {"exact": 1e-5, "pil": 1e-5, "torch": 2 / 255 / min(OPENAI_CLIP_STD) + 1e-5}
+MEAN_ATOL = {"exact": 1e-6, "pil": 1e-6, "torch": 1e-3}
 
 SIZES = [(640, 480), (480, 640), (336, 336), (337, 335), (1, 1), (3, 500), (500, 3), (1023, 77)]
 
 
-@pytest.mark.parametrize("resampler", ["pil", "torch"])
+@pytest.mark.parametrize("resampler", ["exact", "pil", "torch"])
 @pytest.mark.parametrize("mode", ["crop", "pad"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("kind", ["photo", "noise"])
@@ -49,11 +50,11 @@ def test_original_square_is_clip_processing(size):
     """The original LLaVA's ``image_aspect_ratio: square`` runs CLIP's processor as is
     (shortest-edge resize, centre crop), so a non-square image is cropped, not squashed."""
     side = 336
-    cfg = ImageProcessingConfig.from_hf_dict({"image_aspect_ratio": "square", "resampler": "pil"}, side)
+    cfg = ImageProcessingConfig.from_hf_dict({"image_aspect_ratio": "square"}, side)
     image = photo_like(*size, seed=size[0])
     ours = preprocess_images([image], cfg)
     ref = hf_processor("crop", side)(images=[image], return_tensors="pt")["pixel_values"].to(torch.float32)
-    torch.testing.assert_close(ours, ref, atol=ATOL["pil"], rtol=0)
+    torch.testing.assert_close(ours, ref, atol=ATOL["exact"], rtol=0)
 
 
 def test_batch_of_mixed_sizes_matches_one_by_one():
@@ -65,7 +66,7 @@ def test_batch_of_mixed_sizes_matches_one_by_one():
         torch.testing.assert_close(batch[i : i + 1], preprocess_images([image], cfg), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("resampler,max_levels", [("pil", 0), ("torch", 2)])
+@pytest.mark.parametrize("resampler,max_levels", [("exact", 0), ("pil", 0), ("torch", 2)])
 def test_resize_mode_ignores_aspect(resampler, max_levels):
     cfg = ImageProcessingConfig(image_size=64, shortest_edge=64, aspect_mode="resize", resampler=resampler)
     image = photo_like(200, 50)

@@ -21,7 +21,7 @@ PROMPT_2 = "USER: <image>\n<image>\nHow many objects are there in both? ASSISTAN
 PROMPT_TEXT = "USER: Describe a red circle. ASSISTANT:"
 
 CASES = {
-    "mlp2x-layer-2-default-llama-pad": (TinyLlavaSpec(resampler="pil"), "hub"),
+    "mlp2x-layer-2-default-llama-pad": (TinyLlavaSpec(), "hub"),
     "linear-layer-1-full-llama-crop": (
         TinyLlavaSpec(
             projector_type="linear",
@@ -109,13 +109,16 @@ def test_text_only(case):
 
 
 def test_mixed_batch_of_image_sizes(case):
-    """One engine step batches images of different sizes and a text-only prompt."""
+    """One engine step batches images of different sizes and a text-only prompt; with
+    the default (exact) resampler transformers' processor sees the same pixels."""
     spec, model, tok, llm, _ = case
     requests = [
         (PROMPT_1, [photo_like(200, 30, seed=8)]),
         (PROMPT_TEXT, []),
         (PROMPT_2, [noise(17, 90, seed=9), photo_like(64, 64, seed=10)]),
         (PROMPT_1, [photo_like(31, 33, seed=11)]),
+        (PROMPT_1, [photo_like(640, 480, seed=12)]),
+        (PROMPT_2, [noise(333, 517, seed=13), photo_like(50, 300, seed=14)]),
     ]
     prompts = [
         {"prompt": p, "multi_modal_data": {"image": imgs}} if imgs else p for p, imgs in requests

@@ -1,12 +1,15 @@
-"""Image preprocessing per image: ours vs transformers' CLIP/LLaVA image processor.
+"""Image preprocessing per image: ours (each resampler) vs transformers' CLIP/LLaVA image processor.
 
-    python -m benchmarks.kernels.preprocess
+    python -m benchmarks.kernels.preprocess [--batch 8] [--rounds 7] [--threads N]
 
-Photo-like images of common camera sizes, LLaVA-1.5 settings (pad to square,
-336 px). Both sides start from a decoded PIL image and end with a float32 tensor.
+Photo-like images of common camera sizes, LLaVA-1.5 settings (pad to square or
+centre crop, 336 px). Both sides start from a decoded PIL image and end with a
+float32 tensor. Ours runs once per resampler: ``exact`` (the default, PIL's bytes),
+``torch`` (within two grey levels) and ``pil``.
 """
 
 import argparse
+import os
 
 import torch
 
@@ -16,34 +19,44 @@ from tests.images import photo_like
 from tests.reference import hf_processor
 
 SIZES = [(640, 480), (1024, 768), (336, 336), (1920, 1080)]
+RESAMPLERS = ("exact", "torch", "pil")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--modes", nargs="+", default=["pad", "crop"], choices=["pad", "crop"])
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     side = 336
     rows = []
-    for mode in ("pad", "crop"):
-        ours_cfg = ImageProcessingConfig(image_size=side, shortest_edge=side, aspect_mode=mode)
+    for mode in args.modes:
+        configs = {
+            r: ImageProcessingConfig(image_size=side, shortest_edge=side, aspect_mode=mode, resampler=r)
+            for r in RESAMPLERS
+        }
         hf = hf_processor(mode, side)
         for w, h in SIZES:
             images = [photo_like(w, h, seed=i) for i in range(args.batch)]
-            times = interleaved_medians(
-                {
-                    "transformers": lambda: hf(images=images, return_tensors="pt")["pixel_values"],
-                    "ours": lambda: preprocess_images(images, ours_cfg, torch.float32),
-                },
-                rounds=args.rounds,
-            )
-            per = {k: v / args.batch for k, v in times.items()}
-            rows.append({
-                "mode": mode, "image": f"{w}x{h}", "transformers ms/img": f"{per['transformers'] * 1e3:.2f}",
-                "ours ms/img": f"{per['ours'] * 1e3:.2f}", "speed-up": f"{per['transformers'] / per['ours']:.2f}",
-            })
-    print(f"batch of {args.batch} images, {torch.get_num_threads()} torch threads")
-    print(table(rows, ["mode", "image", "transformers ms/img", "ours ms/img", "speed-up"]))
+            variants = {"transformers": lambda: hf(images=images, return_tensors="pt")["pixel_values"]}
+            for name, cfg in configs.items():
+                variants[name] = lambda cfg=cfg: preprocess_images(images, cfg, torch.float32)
+            times = interleaved_medians(variants, rounds=args.rounds)
+            per = {k: v / args.batch * 1e3 for k, v in times.items()}
+            row = {"mode": mode, "image": f"{w}x{h}", "transformers ms/img": f"{per['transformers']:.2f}"}
+            for name in RESAMPLERS:
+                row[f"{name} ms/img"] = f"{per[name]:.2f}"
+                row[f"{name} speed-up"] = f"{per['transformers'] / per[name]:.2f}"
+            rows.append(row)
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"batch of {args.batch} images, {torch.get_num_threads()} torch threads, load average {load}")
+    print("(timings vary between runs and machines, and with other load: compare within one run)")
+    columns = ["mode", "image", "transformers ms/img"]
+    columns += [f"{name} ms/img" for name in RESAMPLERS] + [f"{name} speed-up" for name in RESAMPLERS]
+    print(table(rows, columns))
 
 
 if __name__ == "__main__":
