@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llava_model.image_processing import ImageError, decode_image
 from llava_model.prompt_ids import encode_prompt, prompt_tokenization
-from llava_model.reply_text import fresh_start
+from llava_model.reply_text import whole_reply
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         request["multi_modal_data"] = {"image": images}
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     output = llm.generate([request], params, use_tqdm=False)[0].outputs[0]
-    print(fresh_start(llm.get_tokenizer(), output.text, output.token_ids) if output.text else "")
+    print(whole_reply(llm.get_tokenizer(), output.text, output.token_ids))
 
 
 if __name__ == "__main__":

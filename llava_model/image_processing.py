@@ -102,11 +102,13 @@ class ImageProcessingConfig:
         image_size: int,
         aspect_mode: str | None = None,
     ) -> "ImageProcessingConfig":
-        """Read a ``preprocessor_config.json`` (CLIP or LLaVA image processor).
+        """Read a ``preprocessor_config.json`` (CLIP, LLaVA or SigLIP image processor).
 
         The mode comes from ``aspect_mode`` if given, else the file's
         ``image_aspect_ratio`` (ours or the original LLaVA's, see ``aspect_mode_for``),
-        else ``do_pad`` -> ``pad``, else ``crop``.
+        else ``do_pad`` -> ``pad``, else ``size``: ``shortest_edge`` -> ``crop``,
+        ``height`` / ``width`` (SigLIP's, and transformers' meaning whatever the
+        processor: straight to that size, aspect not kept) -> ``resize``.
         """
         crop = cfg.get("crop_size") or {"height": image_size, "width": image_size}
         crop_side = crop if isinstance(crop, int) else crop.get("height", image_size)
@@ -115,13 +117,19 @@ class ImageProcessingConfig:
                 f"preprocessor crop_size {crop} does not match the vision tower's image_size {image_size}"
             )
         size = cfg.get("size") or {"shortest_edge": image_size}
+        fallback = "crop"
         if isinstance(size, int):
             shortest = size
         elif "shortest_edge" in size:
             shortest = int(size["shortest_edge"])
-        else:
-            shortest = int(min(size.get("height", image_size), size.get("width", image_size)))
-        mode = aspect_mode or cfg.get("image_aspect_ratio") or ("pad" if cfg.get("do_pad") else "crop")
+        else:  # resized to height x width; a centre crop afterwards would then cut nothing
+            height, width = int(size.get("height", image_size)), int(size.get("width", image_size))
+            if (height, width) != (image_size, image_size):
+                raise ValueError(
+                    f"preprocessor size {size} is not the vision tower's {image_size}x{image_size} input"
+                )
+            shortest, fallback = image_size, "resize"
+        mode = aspect_mode or cfg.get("image_aspect_ratio") or ("pad" if cfg.get("do_pad") else fallback)
         return cls(
             image_size=image_size,
             shortest_edge=max(shortest, image_size),

@@ -33,6 +33,8 @@ class TinyLlavaSpec:
     num_layers: int = 2
     vocab_size: int = 512
     tie_word_embeddings: bool = False
+    vision_tower: str = "clip"  # clip | siglip (SigLIP's processor: aspect_mode "resize")
+    vision_head: bool = True  # SigLIP's pooling head in the checkpoint (never used by LLaVA)
     vision_hidden: int = 64
     vision_layers: int = 3
     vision_heads: int = 2
@@ -127,19 +129,31 @@ def _text_config(spec: TinyLlavaSpec, pad_id: int, bos_id: int, eos_id: int):
     )
 
 
-def tiny_llava_config(spec: TinyLlavaSpec, tokenizer):
-    from transformers import CLIPVisionConfig, LlavaConfig
+def _vision_config(spec: TinyLlavaSpec):
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
 
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * spec.vision_mlp_ratio,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden,
-        initializer_range=spec.init_std,
-    )
+    sizes = {
+        "hidden_size": spec.vision_hidden,
+        "intermediate_size": spec.vision_hidden * spec.vision_mlp_ratio,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.vision_heads,
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+    }
+    if spec.vision_tower == "clip":
+        return CLIPVisionConfig(projection_dim=spec.vision_hidden, initializer_range=spec.init_std, **sizes)
+    if spec.vision_tower == "siglip":
+        vision = SiglipVisionConfig(**sizes)
+        if not spec.vision_head:
+            vision.vision_use_head = False  # as llava-interleave's configs say
+        return vision
+    raise ValueError(f"vision_tower {spec.vision_tower!r} is not 'clip' or 'siglip'")
+
+
+def tiny_llava_config(spec: TinyLlavaSpec, tokenizer):
+    from transformers import LlavaConfig
+
+    vision = _vision_config(spec)
     text = _text_config(spec, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     layer = spec.vision_feature_layer
     config = LlavaConfig(
@@ -177,6 +191,22 @@ def build_tiny_hf_model(spec: TinyLlavaSpec):
 def preprocessor_config(spec: TinyLlavaSpec) -> dict:
     from llava_model.image_processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+    if spec.vision_tower == "siglip":  # SiglipImageProcessor's file: straight to the size, mean/std 0.5
+        if spec.aspect_mode != "resize":
+            raise ValueError("SigLIP's processor resizes straight to its size: use aspect_mode 'resize'")
+        return {
+            "image_processor_type": "SiglipImageProcessor",
+            "size": {"height": spec.image_size, "width": spec.image_size},
+            "do_resize": True,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "do_convert_rgb": True,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+            "resample": 3,
+            "resampler": spec.resampler,
+        }
     return {
         "image_processor_type": "LlavaImageProcessor" if spec.aspect_mode == "pad" else "CLIPImageProcessor",
         "do_pad": spec.aspect_mode == "pad",

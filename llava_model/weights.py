@@ -23,9 +23,9 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^model\.multi_modal_projector\."), "multi_modal_projector."),
     (re.compile(r"^model\.language_model\."), "language_model.model."),
     (re.compile(r"^lm_head\."), "language_model.lm_head."),
-    # A bare CLIP vision transformer under vision_tower (no vision_model level).
+    # A bare CLIP or SigLIP vision transformer under vision_tower (no vision_model level).
     (
-        re.compile(r"^vision_tower\.(embeddings|encoder|pre_layrnorm|post_layernorm)\."),
+        re.compile(r"^vision_tower\.(embeddings|encoder|pre_layrnorm|post_layernorm|head)\."),
         r"vision_tower.vision_model.\1.",
     ),
 ]

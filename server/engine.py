@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 
+from llava_model.vision import TOWERS
 from server.config import ServerSettings
 
 log = logging.getLogger("server.engine")
@@ -20,7 +21,7 @@ BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 PLUGIN_NAME = "llava_model"  # our entry point in pyproject's vllm.general_plugins
 # Vision towers ``llava_model.vision.build_vision_tower`` builds, by ``vision_config.model_type``
 # (transformers' LlavaConfig reads a vision config without one as CLIP's).
-SUPPORTED_VISION_TOWERS = ("clip_vision_model",)
+SUPPORTED_VISION_TOWERS = tuple(TOWERS)
 
 
 class StartupError(RuntimeError):
@@ -90,7 +91,7 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
         if tower not in SUPPORTED_VISION_TOWERS:
             raise UnsupportedModelError(
                 f"{path}: vision tower model_type {tower!r} is not supported; "
-                f"supported: {', '.join(SUPPORTED_VISION_TOWERS)} (CLIP vision towers)"
+                f"supported: {', '.join(SUPPORTED_VISION_TOWERS)}"
             )
 
     text = config.get("text_config")

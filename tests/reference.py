@@ -5,11 +5,15 @@ import torch
 from llava_model.vision import num_image_tokens
 
 
-def hf_processor(mode: str, side: int):
-    """transformers' own (PIL) processor: LLaVA's with padding for ``pad``, else CLIP's."""
+def hf_processor(mode: str, side: int, tower: str = "clip"):
+    """transformers' own (PIL) processor: SigLIP's for a SigLIP tower, LLaVA's with
+    padding for ``pad``, else CLIP's."""
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
+    if tower == "siglip":
+        return SiglipImageProcessorPil(size={"height": side, "width": side})
     kwargs = dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     if mode == "pad":
         return LlavaImageProcessorPil(do_pad=True, **kwargs)
@@ -30,7 +34,7 @@ def hf_pixel_values(images, spec):
     if spec.resampler not in ("pil", "exact"):
         cfg = ImageProcessingConfig.from_hf_dict(preprocessor_config(spec), spec.image_size)
         return preprocess_images(images, cfg)
-    processor = hf_processor(spec.aspect_mode, spec.image_size)
+    processor = hf_processor(spec.aspect_mode, spec.image_size, spec.vision_tower)
     return processor(images=images, return_tensors="pt")["pixel_values"]
 
 

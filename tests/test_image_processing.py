@@ -1,4 +1,4 @@
-"""Our preprocessing against transformers' CLIP / LLaVA image processors, and odd inputs."""
+"""Our preprocessing against transformers' CLIP / LLaVA / SigLIP image processors, and odd inputs."""
 
 import io
 
@@ -55,6 +55,35 @@ def test_original_square_is_clip_processing(size):
     ours = preprocess_images([image], cfg)
     ref = hf_processor("crop", side)(images=[image], return_tensors="pt")["pixel_values"].to(torch.float32)
     torch.testing.assert_close(ours, ref, atol=ATOL["exact"], rtol=0)
+
+
+# llava-interleave's preprocessor_config.json, as its processor writes it (384 px there)
+SIGLIP_FILE = {
+    "image_processor_type": "SiglipImageProcessor",
+    "processor_class": "LlavaProcessor",
+    "do_resize": True,
+    "size": {"height": 384, "width": 384},
+    "resample": 3,
+    "do_rescale": True,
+    "rescale_factor": 0.00392156862745098,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+
+
+@pytest.mark.parametrize("size", SIZES + [(384, 384), (1920, 1080)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_siglip_processor_file_matches_transformers(size):
+    """SigLIP's processor stretches every image to its size (no crop, no pad) and
+    normalises with 0.5 / 0.5; read from its own file, ours gives transformers' bytes."""
+    side = 384
+    cfg = ImageProcessingConfig.from_hf_dict(SIGLIP_FILE, side)
+    assert (cfg.aspect_mode, cfg.image_mean, cfg.image_std) == ("resize", (0.5,) * 3, (0.5,) * 3)
+    image = photo_like(*size, seed=size[1])
+    ours = preprocess_images([image], cfg)
+    ref = hf_processor("resize", side, "siglip")(images=[image], return_tensors="pt")["pixel_values"]
+    assert ours.shape == ref.shape == (1, 3, side, side)
+    torch.testing.assert_close(ours, ref.to(torch.float32), atol=ATOL["exact"], rtol=0)
 
 
 def test_batch_of_mixed_sizes_matches_one_by_one():
@@ -192,3 +221,6 @@ def test_config_from_preprocessor_json():
         ImageProcessingConfig.from_hf_dict({"crop_size": {"height": 224, "width": 224}}, 336)
     with pytest.raises(ValueError, match="aspect mode"):
         ImageProcessingConfig.from_hf_dict({}, 224, aspect_mode="anyres")
+    # a height x width size other than the tower's input cannot be honoured: refused, not guessed
+    with pytest.raises(ValueError, match="not the vision tower's 384x384"):
+        ImageProcessingConfig.from_hf_dict({**SIGLIP_FILE, "size": {"height": 384, "width": 512}}, 384)

@@ -40,6 +40,32 @@ CASES = {
         TinyLlavaSpec(text_arch="mistral", projector_type="identity", vision_hidden=128, seed=3),
         "hub",
     ),
+    # llava-interleave's shape: SigLIP tower (no class token, no pre-norm), every token, last layer,
+    # Qwen2; SigLIP's processor (stretch to the size, mean/std 0.5); the pooling head in the
+    # checkpoint, saved bare under vision_tower.* by transformers, and skipped
+    "siglip-layer-1-full-qwen2-resize": (
+        TinyLlavaSpec(
+            vision_tower="siglip",
+            text_arch="qwen2",
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+            aspect_mode="resize",
+            seed=5,
+        ),
+        "transformers-save",
+    ),
+    # SigLIP with default selection (transformers drops the first patch), two feature layers,
+    # no head in the checkpoint
+    "siglip-layers-3and-2-default-llama": (
+        TinyLlavaSpec(
+            vision_tower="siglip",
+            vision_head=False,
+            vision_feature_layer=(-3, -2),
+            aspect_mode="resize",
+            seed=6,
+        ),
+        "hub",
+    ),
     # auto picks the reference projector in fp32; force the fused oneDNN path here.
     "mlp2x-fused-cpu-kernels": (TinyLlavaSpec(seed=4), "hub"),
 }
@@ -136,7 +162,8 @@ def test_image_token_count_comes_from_vision_config(case):
         use_tqdm=False,
     )[0]
     patches = (spec.image_size // spec.patch_size) ** 2
-    per_image = patches + (spec.vision_feature_select_strategy == "full")
+    class_token = spec.vision_tower == "clip"
+    per_image = patches + class_token - (spec.vision_feature_select_strategy == "default")
     assert model.config.image_seq_length != per_image  # the saved field is wrong on purpose
     text_len = len(tok(PROMPT_1)["input_ids"])
     assert len(out.prompt_token_ids) == text_len - 1 + per_image
@@ -152,3 +179,13 @@ def test_checkpoint_layout_is_the_one_named(case):
     assert all(hub_name(n) for n in names)
     prefixes = {n.split(".")[0] + "." + n.split(".")[1] for n in names}
     assert prefixes & {"vision_tower.vision_model", "vision_tower.embeddings", "model.vision_tower"}
+    spec = case[0]
+    heads = [n for n in names if ".head." in n]
+    assert bool(heads) == (spec.vision_tower == "siglip" and spec.vision_head)
+
+
+def test_our_class_serves_it_with_the_checkpoints_tower(case):
+    spec, _, _, llm, _ = case
+    built = llm.apply_model(lambda m: (type(m).__module__, type(m.vision_tower).__name__))
+    tower = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}[spec.vision_tower]
+    assert built == [("llava_model.model", tower)]

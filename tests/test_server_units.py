@@ -187,7 +187,7 @@ def _metaspace_tokenizer():
 
 def test_reply_start_matches_a_fresh_decode():
     from llava_model.tiny import build_tokenizer
-    from server.chat.serving import ReplyStart
+    from server.chat.serving import ReplyText as ReplyStart
 
     piece = _metaspace_tokenizer()
     ids = piece.encode("2 and", add_special_tokens=False)  # '▁2', '▁and'
@@ -201,3 +201,26 @@ def test_reply_start_matches_a_fresh_decode():
     byte_level = build_tokenizer()
     ids = byte_level.encode(" 2", add_special_tokens=False)  # 'Ġ2': a fresh decode keeps the space
     assert ReplyStart(byte_level).fix(0, " 2", ids) == " 2" == byte_level.decode(ids)
+
+
+def test_reply_cut_inside_a_character_ends_as_a_fresh_decode():
+    """vLLM holds back the bytes of a character the last token left incomplete; when
+    max_tokens ends the reply there, the text ends with U+FFFD as transformers' decode
+    does, streamed or not. A complete character is left alone."""
+    from llava_model.tiny import build_tokenizer
+    from server.chat.serving import ReplyText
+
+    tok = build_tokenizer()
+    ids = tok.encode("aé€", add_special_tokens=False)  # a, then 2 + 3 byte-level pieces
+    assert len(ids) == 6
+    for cut in (2, 4, 5):
+        want = tok.decode(ids[:cut])
+        assert want.endswith("\ufffd")
+        assert ReplyText(tok).fix(0, "a" + "\u00e9" * (cut >= 3), ids[:cut], finished=True) == want
+        stream = ReplyText(tok)
+        parts = [stream.fix(0, "a", ids[:1])]
+        parts += [stream.fix(0, "\u00e9" if k == 2 else "", ids[k : k + 1], finished=k == cut - 1)
+                  for k in range(1, cut)]
+        assert "".join(parts) == want
+    assert ReplyText(tok).fix(0, "a\u00e9\u20ac", ids, finished=True) == "a\u00e9\u20ac"
+    assert ReplyText(tok).fix(0, "", [], finished=True) == ""

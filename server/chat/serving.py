@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from llava_model.reply_text import fresh_start
+from llava_model.reply_text import fresh_start, held_back_end
 from server.chat.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -226,8 +226,8 @@ class ChatService:
             await self._abort(rid)
             raise
         outputs = [finals[i] for i in sorted(finals)]
-        start = ReplyStart(self.tokenizer)
-        texts = {o.index: start.fix(o.index, o.text, o.token_ids) for o in outputs}
+        replies = ReplyText(self.tokenizer)
+        texts = {o.index: replies.fix(o.index, o.text, o.token_ids, finished=True) for o in outputs}
         choices = [self._choice(req, o, texts[o.index], o.index * copies + c) for o in outputs for c in range(copies)]
         completion = copies * sum(len(o.token_ids) for o in outputs)
         timing.finish(result.get("prompt_tokens", 0), completion, result.get("metrics"))
@@ -276,7 +276,7 @@ class ChatService:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         prompt_tokens, completion = 0, 0
         metrics = None
-        start = ReplyStart(self.tokenizer)
+        replies = ReplyText(self.tokenizer)
 
         def chunk(choices, usage=None) -> str:
             body = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
@@ -292,7 +292,7 @@ class ChatService:
                     metrics = output.metrics or metrics
                     choices = []
                     for o in output.outputs:
-                        text = start.fix(o.index, o.text, o.token_ids)
+                        text = replies.fix(o.index, o.text, o.token_ids, finished=o.finish_reason is not None)
                         completion += copies * len(o.token_ids)
                         timing.tokens_seen(len(o.token_ids))
                         logprobs = self._logprobs(req, o.token_ids, o.logprobs) if req.logprobs else None
@@ -358,24 +358,31 @@ def _client_error(exc: BaseException) -> APIError:
     return bad_request(message, param=param)
 
 
-class ReplyStart:
-    """The first text of each choice as a fresh decode of its generated ids gives it
-    (``llava_model.reply_text``). The same rule runs on streamed deltas, so they
-    concatenate to the non-streamed text."""
+class ReplyText:
+    """Each choice's text as a fresh decode of its generated ids gives it
+    (``llava_model.reply_text``): no leading space the prompt's context put there, and
+    at the end the U+FFFD of a character the last tokens left incomplete. The same rules
+    run on streamed deltas, so they concatenate to the non-streamed text."""
+
+    _TAIL = 16  # characters of emitted text kept per choice: more than a cut character's bytes
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.ids: dict[int, list[int]] = {}
         self.settled: set[int] = set()
+        self.tail: dict[int, str] = {}
 
-    def fix(self, index: int, text: str, token_ids) -> str:
-        if index in self.settled:
-            return text
-        self.ids.setdefault(index, []).extend(token_ids)
-        if not text:
-            return text
-        self.settled.add(index)
-        return fresh_start(self.tokenizer, text, self.ids[index])
+    def fix(self, index: int, text: str, token_ids, finished: bool = False) -> str:
+        """The text to send for this step's ``text`` / ``token_ids`` of choice ``index``."""
+        ids = self.ids.setdefault(index, [])
+        ids.extend(token_ids)
+        if text and index not in self.settled:
+            self.settled.add(index)
+            text = fresh_start(self.tokenizer, text, ids)
+        if finished:
+            text += held_back_end(self.tokenizer, self.tail.get(index, "") + text, ids)
+        self.tail[index] = (self.tail.get(index, "") + text)[-self._TAIL :]
+        return text
 
 
 class _Disconnected(Exception):
