@@ -7,8 +7,8 @@ forces a path for all operations (``reference``, ``fused``, ``triton``) or per o
 (``kernels.dispatch.resolve_backends``).
 
 ``kernels.resample`` (PIL-exact resizing, CPU) is not dispatched: ``resize_exact`` is
-byte-exact wherever it runs (int8 matmuls where they are fast and exact, PIL itself
-elsewhere), with ``resize_reference`` as its plain transcription for tests.
+byte-exact wherever it runs (compiled loops, ``kernels/resample_jit.py``; PIL itself
+without numba), with ``resize_reference`` as its plain transcription for tests.
 """
 
 from kernels.preprocess import normalize_images

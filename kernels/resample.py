@@ -29,22 +29,16 @@ Two implementations:
 
 - ``resize_reference``: a plain transcription (scalar Python for the weights, one
   int64 multiply-add per tap for the passes), for tests.
-- ``resize_exact``: the fast path, int8 matrix products (``torch._int_mm``, oneDNN on
-  CPUs with AVX512-VNNI) with the exact integer arithmetic described below. Each pass
-  multiplies overlapping windows of the input (strided views, no gather) by cached,
-  banded blocks of the weight matrix, a cost-model-chosen number of outputs per block,
-  and combines each block's digit sums while they are in cache. Only the output rows
-  and columns inside ``crop`` are computed (exact: each output depends only on its own
-  taps), and a ``canvas`` (LLaVA's pad to square) is read on the fly, its rows of pure
-  fill colour not resampled at all. Where int8 matmuls are not fast and exact, or
-  could overflow int32 (never for sane sizes), PIL itself does the resize.
+- ``resize_exact``: the fast path, Pillow's integer arithmetic as compiled loops
+  (``kernels.resample_jit``, numba) that run along whole rows of pixels (vectorised),
+  the width pass on the transposed image. Only the output rows and columns inside
+  ``crop`` are computed (exact: each output depends only on its own taps), and only
+  the inputs they weigh are read; a ``canvas`` (LLaVA's pad to square) is filled in
+  as the image is read, never pasted. Without numba, PIL itself does the resize.
 """
 
 import functools
 import math
-import threading
-import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,407 +206,202 @@ def resize_reference(pixels: np.ndarray, width: int, height: int, resample: int)
 
 # ---- the fast path ----------------------------------------------------------------------------
 #
-# Pixels enter int8 matmuls as ``p - 128`` and each fixed-point weight as three balanced
-# base-256 int8 digits, ``k = d0 + 256 d1 + 65536 d2``, so every product sum is an exact
-# int32 (``|sum| <= 128 * 128 * taps``). With ``e = sum(k) - 2**22`` per output, Pillow's
-# ``(2**21 + sum(p k)) >> 22`` equals ``((sum((p - 128) k) + 2**21 + 128 e) >> 22) + 128``
-# (the ``128 * 2**22`` part shifts out exactly), so results stay centred (``v - 128``) and
-# feed the next pass as int8 as they are.
-
-_LIMB = 1 << 8
-_INT8_MIN, _INT8_MAX = -128, 127
-
-
-def _limbs(fixed: np.ndarray) -> np.ndarray:
-    """int64 weights -> ``(3, ...)`` int8 digits with ``fixed = d0 + 256 d1 + 65536 d2``."""
-    d0 = (fixed + 128) % 256 - 128
-    rest = (fixed - d0) // 256
-    d1 = (rest + 128) % 256 - 128
-    d2 = (rest - d1) // 256
-    if np.abs(d2).max(initial=0) > _INT8_MAX:
-        raise ValueError("weight out of the three-digit range")
-    return np.stack([d0, d1, d2]).astype(np.int8)
+# Pixels travel as uint32 (four bytes: RGBX, as Pillow stores RGB; fewer channels are padded),
+# so a transpose moves whole pixels and a pass treats a row of pixels as a row of bytes.
 
 
 @dataclass(frozen=True)
-class _Pass:
-    """One axis, outputs ``lo:hi``, as ``nblocks`` int8 matmuls over input windows.
+class _Axis:
+    """Outputs ``lo:hi`` of one axis: their taps (int32 weights) and the inputs they read,
+    ``first:last``."""
 
-    Window ``b`` reads inputs ``origin + b * stride`` up to ``+ length`` and yields the
-    sums of outputs ``b * block`` up to ``+ block`` (the last block is padded with
-    zero-weight outputs); ``first`` / ``last`` bound the inputs that carry weight. With
-    ``group`` > 1 the inputs are pixels of ``group`` interleaved channels and the
-    weights are block-diagonal over the channels.
-
-    ``weights``: ``(nblocks, 3 * block * group, length * group)`` int8, rows ordered
-    (digit, output, channel); ``bias``: ``(nblocks, block * group, 1)`` int32,
-    ``2**21 + 128 e`` per output row.
-    """
-
-    weights: torch.Tensor
-    bias: torch.Tensor
-    block: int
-    stride: int
-    origin: int
-    length: int
+    starts: np.ndarray  # (n,) int64
+    counts: np.ndarray  # (n,) int64
+    weights: np.ndarray  # (n, K) int32
     first: int
     last: int
-    outputs: int
-    group: int
-    constant_exact: bool  # a row of one value v maps to v: 255 * |e| < 2**21 for every output
-
-    @property
-    def nblocks(self) -> int:
-        return self.weights.shape[0]
-
-    @functools.cached_property
-    def block_weights(self) -> tuple[torch.Tensor, ...]:
-        return self.weights.unbind(0)
-
-    @functools.cached_property
-    def block_bias(self) -> tuple[torch.Tensor, ...]:
-        return self.bias.unbind(0)
-
-    @property
-    def span(self) -> int:
-        """Input positions the windows cover, from ``origin``."""
-        return (self.nblocks - 1) * self.stride + self.length
-
-    @property
-    def lead(self) -> int:
-        """Where input ``first`` sits in a buffer that starts at ``origin``."""
-        return self.first - self.origin
-
-    @property
-    def padded(self) -> int:
-        """Outputs computed, the last block's padding included."""
-        return self.nblocks * self.block
-
-
-def _layout(start: np.ndarray, end: np.ndarray, block: int, stride: int) -> tuple[int, int, int]:
-    """``(nblocks, origin, length)`` of windows ``origin + b * stride`` covering blocks of
-    ``block`` consecutive outputs whose taps run from ``start`` to ``end``."""
-    outputs = len(start)
-    nblocks = -(-outputs // block)
-    b = np.arange(nblocks)
-    first = start[b * block]  # starts (and ends) never decrease with the output index
-    last = end[np.minimum((b + 1) * block, outputs) - 1]
-    origin = int((first - b * stride).min())
-    return nblocks, origin, int((last - origin - b * stride).max())
-
-
-# Rough CPU costs (ns) that steer the block size: per block (a matmul and the digit
-# combination), per int8 multiply-add (zeros included), per int32 digit sum. Only speed
-# depends on them.
-_BLOCK_NS, _MAC_NS, _SUM_NS = 40000.0, 0.004, 0.25
-# Digit sums combined together (bytes): about half of a core's L2 cache.
-_CACHE_BYTES = 1 << 20
-
-
-def _choose_layout(
-    start: np.ndarray, end: np.ndarray, scale: float, other: int, group: int, block: int | None
-) -> tuple[int, int, int, int]:
-    """``(block, stride, origin, length)``: ``block`` if given, else the cheapest block
-    size by the cost model (``other``: the extent of the axis kept, per channel group),
-    each with the stride that fits it best (windows move by ``block * scale`` on average)."""
-    outputs = len(start)
-    sizes = [min(block, outputs)] if block else range(1, min(outputs, 160) + 1)
-    best = None
-    for size in sizes:
-        ideal = size * scale
-        for stride in sorted({max(int(math.floor(ideal)), 0), int(math.ceil(ideal))}):
-            nblocks, origin, length = _layout(start, end, size, stride)
-            if nblocks == 1:
-                stride = 0
-            rows = 3 * size * group * other
-            cost = nblocks * (_BLOCK_NS + rows * (max(length, 2) * group * _MAC_NS + _SUM_NS))
-            if best is None or cost < best[0]:
-                best = (cost, size, stride, origin, length)
-    return best[1:]
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(
-    in_size: int,
-    out_size: int,
-    resample: int,
-    lo: int,
-    hi: int,
-    other: int,
-    group: int = 1,
-    block: int | None = None,
-) -> _Pass:
-    """The cached layout and int8 weights of outputs ``lo:hi`` of one axis (``other``,
-    ``group``: see ``_choose_layout``)."""
+def _axis(in_size: int, out_size: int, resample: int, lo: int, hi: int) -> _Axis:
     c = coefficients(in_size, out_size, resample)
-    start, count, fixed = c.start[lo:hi], c.count[lo:hi], c.weights[lo:hi]
-    outputs = hi - lo
-    scale = in_size / out_size
-    block, stride, origin, length = _choose_layout(start, start + count, scale, other, group, block)
-    # oneDNN misreads a (1, N) operand whose strides are both 1: keep two taps or more
-    length = max(length, 2)
-    nblocks = -(-outputs // block)
-    dense = np.zeros((nblocks, block, length), dtype=np.int64)  # [block, output, tap position]
-    j = np.arange(outputs)
-    b, row = j // block, j % block
-    taps = np.arange(fixed.shape[1])
-    cols = start[:, None] + taps[None, :] - origin - (b * stride)[:, None]
-    valid = taps[None, :] < count[:, None]
-    shape = cols.shape
-    blocks, rows = np.broadcast_to(b[:, None], shape)[valid], np.broadcast_to(row[:, None], shape)[valid]
-    dense[blocks, rows, cols[valid]] = fixed[valid]
-    digits = _limbs(dense).transpose(1, 0, 2, 3)  # (nblocks, 3, block, length)
-    weights = np.zeros((nblocks, 3, block, group, length, group), dtype=np.int8)
-    for ch in range(group):
-        weights[:, :, :, ch, :, ch] = digits
-    bias = np.full(nblocks * block, _HALF, dtype=np.int64)
-    bias[:outputs] += 128 * (fixed.sum(axis=1) - _ONE)
-    return _Pass(
-        weights=torch.from_numpy(weights.reshape(nblocks, 3 * block * group, length * group)),
-        bias=torch.from_numpy(np.repeat(bias, group).astype(np.int32).reshape(nblocks, block * group, 1)),
-        block=block,
-        stride=stride,
-        origin=origin,
-        length=length,
-        first=int(start[0]),
-        last=int((start + count)[-1]),
-        outputs=outputs,
-        group=group,
-        constant_exact=bool(255 * np.abs(fixed.sum(axis=1) - _ONE).max() < _HALF),
-    )
-
-
-@functools.lru_cache(maxsize=512)
-def _fits_int32(in_size: int, out_size: int, resample: int) -> bool:
-    """Whether no int32 in the digit combination can overflow for this axis: centred
-    pixels are at most 128 in magnitude, so a digit sum is at most ``128 * sum(|digit|)``.
-    Only extreme downscales (hundreds of taps per output) could fail; PIL takes those."""
-    c = coefficients(in_size, out_size, resample)
-    per_digit = 128 * np.abs(_limbs(c.weights).astype(np.int64)).sum(axis=-1)  # (3, outputs)
-    scaled = per_digit[0] + _LIMB * per_digit[1] + _LIMB * _LIMB * per_digit[2]
-    bias = _HALF + 128 * np.abs(c.weights.sum(axis=1) - _ONE)
-    return bool((scaled + bias).max() < 2**31)
-
-
-_SCRATCH_LIMIT = 32 << 20  # bytes; larger buffers are allocated per call
-
-
-class _Scratch(threading.local):
-    """Per-thread buffers reused across calls: a fresh multi-megabyte tensor costs more in
-    page faults than the arithmetic done on it. Results handed out never live here."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        size = math.prod(shape)
-        if size * dtype.itemsize > _SCRATCH_LIMIT:  # a rare huge image: not kept
-            return torch.empty(shape, dtype=dtype)
-        buf = self.buffers.get(name)
-        if buf is None or buf.dtype != dtype or buf.numel() < size:
-            buf = self.buffers[name] = torch.empty(max(size, 1), dtype=dtype)
-        return buf[:size].view(shape)
-
-
-_SCRATCH = _Scratch()
-
-
-def _pass(x: torch.Tensor, plan: _Pass, along_rows: bool, dest: torch.Tensor) -> None:
-    """Resample centred int8 pixels along one axis into ``dest`` (centred, int8).
-
-    ``along_rows``: ``x`` is ``(span, K)``, resampled down its rows, ``dest`` is
-    ``(nblocks, block, K)``. Otherwise ``x`` is ``(N, span * group)``, resampled along
-    its rows' (channel-interleaved) entries, and ``dest`` is ``(nblocks, block * group, N)``:
-    transposed, outputs first. Each block's digit sums are combined while still in cache.
-    """
-    g, (rows_stride, cols_stride) = plan.group, x.stride()
-    if along_rows:
-        kept = x.shape[1]
-        shape = (plan.nblocks, plan.length, kept)
-        strides = (plan.stride * rows_stride, rows_stride, cols_stride)
-    else:
-        kept = x.shape[0]
-        shape = (plan.nblocks, g * plan.length, kept)
-        strides = (g * plan.stride * cols_stride, cols_stride, rows_stride)
-    windows = x.as_strided(shape, strides, x.storage_offset()).unbind(0)  # operand of each block's matmul
-    rows = plan.block * g
-    # combine the digit sums of a few blocks at a time, while they are still in cache
-    batch = max(1, min(plan.nblocks, _CACHE_BYTES // (3 * rows * kept * 4)))
-    sums = _SCRATCH.get("sums", (batch, 3, rows, kept), torch.int32)
-    flats = sums.view(batch, 3 * rows, kept).unbind(0)
-    for first in range(0, plan.nblocks, batch):
-        last = min(first + batch, plan.nblocks)
-        for flat, weights, window in zip(flats, plan.block_weights[first:last], windows[first:last]):
-            torch._int_mm(weights, window, out=flat)
-        low, mid, high = sums[: last - first].unbind(1)
-        low.add_(mid, alpha=_LIMB).add_(high, alpha=_LIMB * _LIMB).add_(plan.bias[first:last])
-        dest[first:last].copy_(low.bitwise_right_shift_(PRECISION_BITS).clamp_(_INT8_MIN, _INT8_MAX))
+    starts, counts = c.start[lo:hi].copy(), c.count[lo:hi].copy()  # writable: what the loops take
+    weights = c.weights[lo:hi].astype(np.int32)
+    return _Axis(starts, counts, weights, int(starts.min()), int((starts + counts).max()))
 
 
 @dataclass(frozen=True)
 class _Source:
-    """What is resampled: ``pixels`` ``(h, w, C)`` pasted at ``(left, top)`` on a
-    ``width`` x ``height`` canvas of colour ``fill`` (``(C,)`` uint8); without a fill,
-    the canvas is the pixels themselves."""
+    """What is resampled: ``pixels`` ``(h, w)`` uint32 with ``channels`` meaningful bytes,
+    pasted at ``(left, top)`` on a ``width`` x ``height`` canvas of colour ``fill`` (a
+    uint32 pixel); without a fill, the canvas is the pixels themselves."""
 
-    pixels: torch.Tensor
+    pixels: np.ndarray
+    channels: int
     width: int
     height: int
     left: int = 0
     top: int = 0
-    fill: torch.Tensor | None = None
+    fill: np.uint32 | None = None
 
-    def rows_inside(self, r0: int, r1: int) -> tuple[int, int]:
-        """The image rows among canvas rows ``r0:r1`` (an empty range at ``r0`` if none)."""
-        a, b = max(r0, self.top), min(r1, self.top + self.pixels.shape[0])
-        return (a, b) if a < b else (r0, r0)
-
-    def put(self, dest: torch.Tensor, r0: int, c0: int, centred: bool = True) -> None:
-        """``dest`` ``(R, W', C)`` uint8 = canvas rows ``r0:`` and columns ``c0:``, as
-        centred int8 bit patterns (``p ^ 0x80 == p - 128``) unless ``centred`` is false."""
-        rows, cols = dest.shape[:2]
-        h, w = self.pixels.shape[:2]
-        ir0, ir1 = max(r0, self.top), min(r0 + rows, self.top + h)
-        ic0, ic1 = max(c0, self.left), min(c0 + cols, self.left + w)
-        inside = ir0 < ir1 and ic0 < ic1
-        if not (inside and (ir0, ir1, ic0, ic1) == (r0, r0 + rows, c0, c0 + cols)):
+    def window(self, r0: int, r1: int, c0: int, c1: int, transposed: bool = False) -> np.ndarray:
+        """Canvas rows ``r0:r1`` and columns ``c0:c1`` as a fresh uint32 array, or its transpose."""
+        h, w = self.pixels.shape
+        shape = (c1 - c0, r1 - r0) if transposed else (r1 - r0, c1 - c0)
+        ir0, ir1 = max(r0, self.top), min(r1, self.top + h)
+        ic0, ic1 = max(c0, self.left), min(c1, self.left + w)
+        out = np.empty(shape, dtype=np.uint32)
+        if (ir0, ir1, ic0, ic1) != (r0, r1, c0, c1):
             if self.fill is None:
                 raise ValueError("rows or columns outside an image without a canvas")
-            dest.copy_(self.fill ^ 128 if centred else self.fill)
-        if inside:
-            pixels = self.pixels[ir0 - self.top : ir1 - self.top, ic0 - self.left : ic1 - self.left]
-            region = dest[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0]
-            if centred:
-                torch.bitwise_xor(pixels, 128, out=region)
+            out.fill(self.fill)
+        if ir0 < ir1 and ic0 < ic1:
+            if transposed:
+                _loops().transpose32(self.pixels, ir0 - self.top, ic0 - self.left,
+                                     out, ic0 - c0, ir0 - r0, ir1 - ir0, ic1 - ic0)
             else:
-                region.copy_(pixels)
+                part = self.pixels[ir0 - self.top : ir1 - self.top, ic0 - self.left : ic1 - self.left]
+                out[ir0 - r0 : ir1 - r0, ic0 - c0 : ic1 - c0] = part
+        return out
 
 
-def _across_to_image(across: torch.Tensor, cw: int, c: int) -> torch.Tensor:
-    """Width-pass output ``(padded * C, rows)`` centred int8 -> ``(rows, cw, C)`` uint8."""
-    rows = across.shape[-1]
-    out = torch.empty((rows, cw, c), dtype=torch.uint8)
-    out.view(torch.int8).copy_(across.reshape(-1, c, rows)[:cw].permute(2, 0, 1))
-    return out.bitwise_xor_(128)
+def _run_pass(src: np.ndarray, axis: _Axis, base: int) -> np.ndarray:
+    """Resample down the rows of ``src`` ``(R, X)`` uint32 (row ``j`` is input ``base + j``)
+    -> ``(n, X)`` uint32."""
+    rows, cols = src.shape
+    out = np.empty((len(axis.starts), cols), dtype=np.uint32)
+    _loops().pass_rows(
+        src.view(np.uint8).reshape(rows, cols * 4), base, axis.starts, axis.counts, axis.weights,
+        out.view(np.uint8).reshape(len(axis.starts), cols * 4), np.empty(cols * 4, dtype=np.int32),
+    )
+    return out
 
 
-def _resize_source(src: _Source, width: int, height: int, resample: int, crop, block) -> torch.Tensor:
-    """The ``crop`` of the resized canvas, ``(crop_h, crop_w, C)`` uint8."""
-    in_h, in_w, c = src.height, src.width, src.pixels.shape[2]
+def _transposed(pixels: np.ndarray) -> np.ndarray:
+    """A contiguous ``(R, X)`` uint32 array -> its transpose, contiguous."""
+    rows, cols = pixels.shape
+    out = np.empty((cols, rows), dtype=np.uint32)
+    _loops().transpose32(pixels, 0, 0, out, 0, 0, rows, cols)
+    return out
+
+
+def _resize_jit(src: _Source, width: int, height: int, resample: int, crop) -> np.ndarray:
+    """The ``crop`` of the resized canvas, ``(crop_h, crop_w)`` uint32 pixels. Each pass
+    reads only the inputs its outputs (those inside the crop) weigh."""
     left, top, cw, ch = crop
-    do_w, do_h = width != in_w, height != in_h
-    if do_h and not do_w:  # height only: down the rows of the kept columns
-        hplan = _plan(in_h, height, resample, top, top + ch, cw * c, 1, block)
-        buf = _SCRATCH.get("src", (hplan.span, cw, c), torch.uint8)
-        src.put(buf[hplan.lead : hplan.lead + hplan.last - hplan.first], hplan.first, left)
-        out = torch.empty((hplan.padded, cw, c), dtype=torch.uint8)
-        dest = out.view(torch.int8).view(hplan.nblocks, hplan.block, cw * c)
-        _pass(buf.view(torch.int8).view(hplan.span, cw * c), hplan, True, dest)
-        return out[:ch].bitwise_xor_(128)
-    if do_h and vertical_first(in_w, in_h, width, height):
-        # height pass first, down the rows, over the columns the width pass will read
-        wplan = _plan(in_w, width, resample, left, left + cw, ch, c, block)
-        hplan = _plan(in_h, height, resample, top, top + ch, wplan.span * c, 1, block)
-        buf = _SCRATCH.get("src", (hplan.span, wplan.span, c), torch.uint8)
-        rows = slice(hplan.lead, hplan.lead + hplan.last - hplan.first)
-        src.put(buf[rows, wplan.lead : wplan.lead + wplan.last - wplan.first], hplan.first, wplan.first)
-        mid = _SCRATCH.get("mid", (hplan.padded, wplan.span * c), torch.int8)
-        down = mid.view(hplan.nblocks, hplan.block, -1)
-        _pass(buf.view(torch.int8).view(hplan.span, -1), hplan, True, down)
-        across = _SCRATCH.get("across", (wplan.padded * c, ch), torch.int8)
-        _pass(mid[:ch], wplan, False, across.view(wplan.nblocks, wplan.block * c, ch))
-        return _across_to_image(across, cw, c)
-    # width pass first (or alone), along the rows the height pass will read
-    hplan = _plan(in_h, height, resample, top, top + ch, cw * c, 1, block) if do_h else None
-    r0, r1 = (hplan.first, hplan.last) if do_h else (top, top + ch)
-    # rows of the fill colour stay that colour (``constant_exact``): only image rows are resampled
-    shortcut = do_h and src.fill is not None
-    wplan = _plan(in_w, width, resample, left, left + cw, r1 - r0, c, block)
-    a, b = src.rows_inside(r0, r1) if shortcut and wplan.constant_exact else (r0, r1)
-    buf = _SCRATCH.get("src", (b - a, wplan.span, c), torch.uint8)
-    src.put(buf[:, wplan.lead : wplan.lead + wplan.last - wplan.first], a, wplan.first)
-    x = buf.view(torch.int8).view(b - a, wplan.span * c)
+    do_w, do_h = width != src.width, height != src.height
+    across = _axis(src.width, width, resample, left, left + cw) if do_w else None
+    down = _axis(src.height, height, resample, top, top + ch) if do_h else None
+    c0, c1 = (across.first, across.last) if do_w else (left, left + cw)
+    r0, r1 = (down.first, down.last) if do_h else (top, top + ch)
+    if do_h and (not do_w or vertical_first(src.width, src.height, width, height)):
+        tall = _run_pass(src.window(r0, r1, c0, c1), down, r0)  # (ch, columns)
+        if not do_w:
+            return tall
+        return _transposed(_run_pass(_transposed(tall), across, c0))
+    wide = _width_pass(src, across, r0, r1, c0, c1)  # (cw, rows)
     if not do_h:
-        across = _SCRATCH.get("across", (wplan.padded * c, ch), torch.int8)
-        _pass(x, wplan, False, across.view(wplan.nblocks, wplan.block * c, ch))
-        return _across_to_image(across, cw, c)
-    mid = _SCRATCH.get("mid", (wplan.padded * c, hplan.span), torch.int8)
-    at = hplan.lead - r0  # canvas row r is column at + r of mid
-    if b > a:
-        _pass(x, wplan, False, mid.view(wplan.nblocks, wplan.block * c, hplan.span)[:, :, at + a : at + b])
+        return _transposed(wide)
+    return _run_pass(_transposed(wide), down, r0)
+
+
+# Rows per block of the width pass: a block's transposed window (at most this many bytes)
+# is still in cache when its pass reads it (one whole transposed photo is not).
+_BLOCK_BYTES = 1 << 20
+
+
+def _width_pass(src: _Source, across: _Axis, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """The width pass of canvas rows ``r0:r1`` (inputs ``c0:c1``), transposed: ``(n, rows)``.
+    A row of pure fill colour (LLaVA's padding) is a constant row, whose outputs Pillow's
+    arithmetic gives in closed form, ``(2**21 + v * sum(weights)) >> 22``: only the
+    image's rows go through the loops."""
+    n = len(across.starts)
+    a, b = max(r0, src.top), min(r1, src.top + src.pixels.shape[0])
+    if src.fill is None:
+        a, b = r0, r1
+    wide = np.empty((n, r1 - r0), dtype=np.uint32)
     if (a, b) != (r0, r1):
-        fill = (src.fill ^ 128).view(torch.int8).view(1, c, 1)
-        by_channel = mid.view(wplan.padded, c, hplan.span)
-        by_channel[:, :, at + r0 : at + a].copy_(fill.expand(wplan.padded, c, a - r0))
-        by_channel[:, :, at + b : at + r1].copy_(fill.expand(wplan.padded, c, r1 - b))
-    out = torch.empty((hplan.padded, cw, c), dtype=torch.uint8)
-    _pass(mid[: cw * c], hplan, False, out.view(torch.int8).view(hplan.nblocks, hplan.block, cw * c))
-    return out[:ch].bitwise_xor_(128)
+        fill = np.frombuffer(np.uint32(src.fill).tobytes(), dtype=np.uint8).astype(np.int64)  # (4,)
+        sums = across.weights.sum(axis=1, dtype=np.int64)  # (n,)
+        constant = np.clip((_HALF + fill[None, :] * sums[:, None]) >> PRECISION_BITS, 0, 255)
+        wide[:] = constant.astype(np.uint8).view(np.uint32)  # (n, 1): every row fill, but the image's
+    step = max(16, _BLOCK_BYTES // (4 * (c1 - c0)))
+    for start in range(a, b, step):
+        end = min(start + step, b)
+        window = src.window(start, end, c0, c1, transposed=True)
+        wide[:, start - r0 : end - r0] = _run_pass(window, across, c0)
+    return wide
 
 
-def _cpu_has_avx512_vnni() -> bool:
-    """ATen's own condition for oneDNN's int8 matmul; read from /proc/cpuinfo, else timed
-    (oneDNN multiplies 192^3 int8 in ~0.05 ms, the scalar loop takes ~10 ms)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return "avx512_vnni" in info.read()
-    except OSError:
-        square = torch.ones((192, 192), dtype=torch.int8)
-        best = math.inf
-        for _ in range(3):
-            start = time.perf_counter()
-            torch._int_mm(square, square)
-            best = min(best, time.perf_counter() - start)
-        return best < 3e-3
+def _pixels32(image) -> tuple[np.ndarray, int]:
+    """``(H, W)`` uint32 pixels (channel ``c`` in byte ``c``) and the channel count, from a
+    PIL image or an ``(H, W, C)`` uint8 tensor / array (``C`` <= 4)."""
+    if isinstance(image, Image.Image):
+        if image.mode == "RGB":  # Pillow's own four-byte layout, one copy
+            data = np.frombuffer(image.tobytes("raw", "RGBX"), dtype=np.uint32)
+            return data.reshape(image.height, image.width), 3
+        array = np.asarray(image)
+    else:
+        array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    h, w, c = array.shape
+    if c == 4:
+        return np.ascontiguousarray(array).view(np.uint32).reshape(h, w), c
+    padded = np.zeros((h, w, 4), dtype=np.uint8)
+    padded[:, :, :c] = array
+    return padded.view(np.uint32).reshape(h, w), c
 
 
-@functools.cache
-def int8_matmul_usable() -> bool:
-    """Whether ``torch._int_mm`` is exact and fast here, checked once.
-
-    With oneDNN enabled on a CPU with AVX512-VNNI it runs oneDNN's int8 matmul; elsewhere
-    an exact scalar loop some hundred times slower, where PIL itself is the faster exact
-    resampler. Checked: extreme values (no saturation), strided operands included.
-    """
-    try:
-        if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            return False
-        if not _cpu_has_avx512_vnni():
-            return False
-        gen = torch.Generator().manual_seed(0)
-        a = torch.randint(-128, 128, (64, 96), dtype=torch.int8, generator=gen)
-        b = torch.randint(-128, 128, (40, 100), dtype=torch.int8, generator=gen)[:, 2:98].t()
-        a[:32] = -128
-        a[32:48] = 127
-        b[:, :8] = -128
-        b[:, 8:16] = 127
-        return bool(torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long()))
-    except (RuntimeError, AttributeError):
-        return False
+def _as_bytes(pixels: np.ndarray, channels: int) -> torch.Tensor:
+    """``(h, w)`` uint32 pixels -> ``(h, w, channels)`` uint8, contiguous."""
+    h, w = pixels.shape
+    out = np.empty((h, w, channels), dtype=np.uint8)
+    rows = np.ascontiguousarray(pixels).view(np.uint8).reshape(h, w * 4)
+    if jit_usable():
+        _loops().unpack(rows, out.reshape(h, w * channels))
+    else:
+        out[:] = rows.reshape(h, w, 4)[:, :, :channels]
+    return torch.from_numpy(out)
 
 
-def _resize_pil(src: "_Source", width: int, height: int, resample: int, crop) -> torch.Tensor:
+def _resize_pil(src: _Source, width: int, height: int, resample: int, crop) -> torch.Tensor:
     """The same bytes from PIL, band by band (every band is resampled on its own there)."""
     left, top, cw, ch = crop
-    full = torch.empty((src.height, src.width, src.pixels.shape[2]), dtype=torch.uint8)
-    src.put(full, 0, 0, centred=False)
+    full = src.window(0, src.height, 0, src.width).view(np.uint8).reshape(src.height, src.width, 4)
     bands = [
-        np.asarray(Image.fromarray(band.numpy(), mode="L").resize((width, height), resample=resample))
-        for band in full.unbind(2)
+        np.asarray(Image.fromarray(np.ascontiguousarray(full[:, :, b]), mode="L").resize((width, height), resample))
+        for b in range(src.channels)
     ]
     return torch.from_numpy(np.stack(bands, axis=-1)[top : top + ch, left : left + cw].copy())
 
 
-def _pixels(image) -> torch.Tensor:
-    """``(H, W, C)`` uint8 view of a PIL image's pixels (read only) or the tensor given."""
-    if not isinstance(image, Image.Image):
-        return image
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    with warnings.catch_warnings():  # PIL's buffer is read only; it is only ever read
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
+@functools.cache
+def _loops():
+    """``kernels.resample_jit`` (importing it compiles or loads the loops), or ``None``."""
+    try:
+        from kernels import resample_jit
+    except ImportError:  # pragma: no cover (numba is a dependency)
+        return None
+    return resample_jit
+
+
+def jit_usable() -> bool:
+    """Whether the compiled loops are here (else PIL resizes, with the same bytes)."""
+    return _loops() is not None
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the loops now rather than on a first request:
+    every array layout the paths hand them (whole and partial windows, both pass orders,
+    a canvas, a crop)."""
+    if not jit_usable():
+        return
+    image = torch.zeros((6, 9, 3), dtype=torch.uint8)
+    resize_exact(image, 4, 5)  # width first
+    resize_exact(image, 8, 2)  # height first
+    resize_exact(image, 9, 3, crop=(1, 1, 7, 2))  # one pass, cropped
+    resize_exact(image, 5, 5, crop=(1, 1, 3, 3), canvas=(9, 9, 0, 1, (1, 2, 3)))
 
 
 # PIL modes resampled as plain unsigned bytes per band (alpha modes are premultiplied
@@ -626,7 +415,6 @@ def resize_exact(
     height: int,
     resample: int = BICUBIC,
     crop: tuple[int, int, int, int] | None = None,
-    block: int | None = None,
     canvas: tuple[int, int, int, int, tuple[int, ...]] | None = None,
 ) -> torch.Tensor:
     """A PIL image of mode RGB, L, CMYK, YCbCr or HSV or an ``(H, W, C)`` uint8 tensor ->
@@ -635,34 +423,31 @@ def resize_exact(
     ``crop`` = ``(left, top, crop_width, crop_height)`` inside the resized image: only
     that part is computed and returned. ``canvas`` = ``(canvas_width, canvas_height, x, y,
     fill)``: resize the image pasted at ``(x, y)`` on a canvas of colour ``fill`` instead
-    (``Image.paste`` then ``resize``), without building the canvas; rows of pure fill are
-    not resampled. ``block`` forces the outputs per matmul (tests); by default a cost
-    model picks it per axis.
+    (``Image.paste`` then ``resize``), without pasting it.
     """
     resample = _check_filter(resample)
     if isinstance(image, Image.Image) and image.mode not in _MODES:
         raise ValueError(f"exact resampling takes unsigned 8-bit modes {_MODES}, not {image.mode!r}")
-    pixels = _pixels(image)
-    if pixels.dtype != torch.uint8 or pixels.ndim != 3:
-        raise ValueError(f"expected (H, W, C) uint8 pixels, got {tuple(pixels.shape)} {pixels.dtype}")
+    if not isinstance(image, Image.Image) and (
+        image.dtype != torch.uint8 or image.ndim != 3 or not 1 <= image.shape[2] <= 4
+    ):
+        raise ValueError(f"expected (H, W, C) uint8 pixels, C <= 4, got {tuple(image.shape)} {image.dtype}")
+    pixels, channels = _pixels32(image)
     if canvas is None:
-        src = _Source(pixels, pixels.shape[1], pixels.shape[0])
+        src = _Source(pixels, channels, pixels.shape[1], pixels.shape[0])
     else:
         canvas_w, canvas_h, x, y, fill = canvas
         if not (0 <= x and 0 <= y and x + pixels.shape[1] <= canvas_w and y + pixels.shape[0] <= canvas_h):
             raise ValueError(f"the image does not fit at ({x}, {y}) on a {canvas_w}x{canvas_h} canvas")
-        fill_t = torch.tensor(fill, dtype=torch.uint8)
-        if fill_t.shape != (pixels.shape[2],):
-            raise ValueError(f"fill {fill} does not have one value per channel ({pixels.shape[2]})")
-        src = _Source(pixels, canvas_w, canvas_h, x, y, fill_t)
+        if len(fill) != channels:
+            raise ValueError(f"fill {fill} does not have one value per channel ({channels})")
+        fill32 = np.frombuffer(bytes([*fill, *[0] * (4 - channels)]), dtype=np.uint32)[0]
+        src = _Source(pixels, channels, canvas_w, canvas_h, x, y, fill32)
     left, top, cw, ch = crop if crop is not None else (0, 0, width, height)
     if not (0 <= left and 0 <= top and cw > 0 and ch > 0 and left + cw <= width and top + ch <= height):
         raise ValueError(f"crop {crop} is not inside the {width}x{height} output")
     if (width, height) == (src.width, src.height):
-        out = torch.empty((ch, cw, pixels.shape[2]), dtype=torch.uint8)
-        src.put(out, top, left, centred=False)
-        return out
-    usable = int8_matmul_usable() and _fits_int32(src.width, width, resample)
-    if not (usable and _fits_int32(src.height, height, resample)):
+        return _as_bytes(src.window(top, top + ch, left, left + cw), channels)
+    if not jit_usable():
         return _resize_pil(src, width, height, resample, (left, top, cw, ch))
-    return _resize_source(src, width, height, resample, (left, top, cw, ch), block)
+    return _as_bytes(_resize_jit(src, width, height, resample, (left, top, cw, ch)), channels)

@@ -11,4 +11,7 @@ ARCHITECTURE = "LlavaForConditionalGeneration"
 def register() -> None:
     from vllm import ModelRegistry
 
+    from kernels.llvmlite_guard import guard
+
     ModelRegistry.register_model(ARCHITECTURE, "llava_model.model:LlavaForConditionalGeneration")
+    guard()  # vLLM scans every module right after the plugins load: see kernels.llvmlite_guard

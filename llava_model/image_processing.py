@@ -15,11 +15,11 @@ default) runs the CLIP processor as is, i.e. ``crop``.
 
 Resampling, by ``resampler``:
 - ``exact`` (default): ``kernels.resample.resize_exact``, Pillow's two-pass fixed-point
-  algorithm as int8 matrix products in PyTorch; every byte equal to ``Image.resize``
+  algorithm as compiled, vectorised loops (numba); every byte equal to ``Image.resize``
   (so to what transformers' processors compute) for BICUBIC and BILINEAR. Only the
   rows and columns that survive the centre crop are computed, and ``pad``'s square
-  canvas is read on the fly (not built, its fill rows not resampled): the same bytes
-  as padding, resizing, then cropping. Other filters use PIL itself.
+  canvas is filled in as the image is read (never pasted): the same bytes as padding,
+  resizing, then cropping. Other filters use PIL itself.
 - ``torch``: PyTorch's antialiased bicubic/bilinear on uint8, vectorised and
   multi-threaded; every byte within two grey levels of PIL's result (almost all
   identical).

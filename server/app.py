@@ -27,6 +27,10 @@ def _services(app: FastAPI, settings: ServerSettings, engine) -> None:
     processing = ImageProcessingConfig.from_hf_dict(
         _preprocessor_config(settings), image_size=hf_config.vision_config.image_size
     )
+    if processing.resampler == "exact":
+        from kernels.resample import warm_up
+
+        warm_up()  # the resampler's loops compiled (or loaded from numba's cache) before any request
     state.images = ImageLoader(settings, processing, state.metrics)
     template = choose_template(settings.chat_template, engine.llm.get_tokenizer(), hf_config.text_config.model_type)
     state.chat = ChatService(

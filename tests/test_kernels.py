@@ -268,3 +268,22 @@ def test_regions_fill_with_mean_colour():
     fill = [(int(m * 255) / 255 - m) / s for m, s in zip(MEAN, STD)]
     torch.testing.assert_close(out[1, :, 0, 0], torch.tensor(fill), atol=1e-6, rtol=0)
     torch.testing.assert_close(out[1, :, 5, 5], normalize_reference(batch, MEAN, STD)[1, :, 5, 5])
+
+
+def test_a_vllm_worker_starts_in_a_process_that_loaded_numba():
+    """vLLM 0.32's CPU worker start scans every module and trips over llvmlite's library
+    handle once numba is loaded; our resampler loads numba, so the guard must hold, both
+    when numba came first through us and when a user's library loaded it before the
+    plugin ran. Without the guard the same start fails (the control)."""
+    import subprocess
+    import sys
+
+    start = "from vllm.platforms import current_platform; current_platform.register_triton_kernel_overrides()"
+    ours = f"import kernels.resample as r; r.warm_up(); {start}; print('started')"
+    user = f"import numba; import llava_model; llava_model.register(); {start}; print('started')"
+    control = f"import numba; {start}; print('started')"
+    for code, works in ((ours, True), (user, True), (control, False)):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert ("started" in done.stdout) == works, (code, done.stderr[-2000:])
+        if not works:
+            assert "'_lib_fn_wrapper' object has no attribute 'get'" in done.stderr

@@ -31,16 +31,6 @@ from tests.images import noise, photo_like
 FILTERS = {"bicubic": BICUBIC, "bilinear": BILINEAR}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Results do not depend on threads; on a shared 2-core machine, two threads make each
-    of the kernel's many small parallel regions wait for a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gradient(width: int, height: int, seed: int = 0) -> Image.Image:
     """Smooth ramps with odd slopes: sums land on many different fractions."""
     rng = np.random.default_rng(seed)
@@ -124,15 +114,14 @@ def test_matches_pillow(case, filt, kind):
     assert np.array_equal(ours(image, ow, oh, FILTERS[filt]), expected)
     tensor = torch.from_numpy(np.array(image))
     assert np.array_equal(ours(tensor, ow, oh, FILTERS[filt]), expected)
-    # crops: centred (as fit_geometry asks) and off-centre, with a forced small block
+    # crops: centred (as fit_geometry asks) and off-centre
     for left, top, cw, ch in [
         ((ow - min(ow, 336)) // 2, (oh - min(oh, 336)) // 2, min(ow, 336), min(oh, 336)),
         (ow // 3, oh // 5, max(1, ow // 2), max(1, oh // 3)),
     ]:
         crop = (left, top, cw, ch)
-        for block in (None, 3):
-            got = ours(image, ow, oh, FILTERS[filt], crop=crop, block=block)
-            assert np.array_equal(got, expected[top : top + ch, left : left + cw]), (crop, block)
+        got = ours(image, ow, oh, FILTERS[filt], crop=crop)
+        assert np.array_equal(got, expected[top : top + ch, left : left + cw]), crop
 
 
 GRID = [1, 2, 3, 7, 16, 33]
@@ -253,7 +242,7 @@ def test_probes_match_pillow(filt, in_size, out_size):
 @pytest.fixture
 def fresh_plans():
     """Weight tables built anew (a test swaps ``coefficients``), and again afterwards."""
-    caches = (resample._plan, resample._fits_int32)
+    caches = (resample._axis,)
     for cache in caches:
         cache.cache_clear()
     yield
@@ -282,7 +271,7 @@ def test_one_weight_off_by_one_is_caught(monkeypatch, fresh_plans, output, tap, 
         return resample.Coefficients(table.start, table.count, weights)
 
     monkeypatch.setattr(resample, "coefficients", off_by_one)
-    resample._plan.cache_clear()
+    resample._axis.cache_clear()
     assert not np.array_equal(ours(image, out_size, len(rows), BICUBIC), expected)
 
 
@@ -381,9 +370,9 @@ def test_canvas_equals_paste_then_resize(size, side):
         assert np.array_equal(got, expected[top : top + ch, left : left + cw]), filt
 
 
-def test_exact_without_int8_matmuls(monkeypatch):
-    """Where int8 matmuls are not fast and exact, PIL does it: the same bytes."""
-    monkeypatch.setattr(resample, "int8_matmul_usable", lambda: False)
+def test_exact_without_numba(monkeypatch):
+    """Where the compiled loops are missing, PIL does it: the same bytes."""
+    monkeypatch.setattr(resample, "jit_usable", lambda: False)
     image = photo_like(90, 70, seed=1)
     expected = pil(image, 40, 50, BICUBIC)[4:34, 3:23]
     assert np.array_equal(ours(image, 40, 50, BICUBIC, crop=(3, 4, 20, 30)), expected)
@@ -391,22 +380,6 @@ def test_exact_without_int8_matmuls(monkeypatch):
     pasted = Image.new("RGB", (90, 90), (1, 2, 3))
     pasted.paste(image, (0, 10))
     assert np.array_equal(ours(image, 45, 45, BILINEAR, canvas=canvas), pil(pasted, 45, 45, BILINEAR))
-
-
-def test_same_bytes_with_two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        image = photo_like(640, 480, seed=4)
-        assert np.array_equal(ours(image, 448, 336, BICUBIC), pil(image, 448, 336, BICUBIC))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_buffers_past_the_scratch_limit(monkeypatch):
-    monkeypatch.setattr(resample, "_SCRATCH_LIMIT", 1024)
-    image = gradient(300, 200, seed=2)
-    assert np.array_equal(ours(image, 150, 330, BICUBIC), pil(image, 150, 330, BICUBIC))
 
 
 def test_threads_do_not_share_buffers():
@@ -420,11 +393,10 @@ def test_threads_do_not_share_buffers():
             assert all(np.array_equal(g, e) for g, e in zip(got, expected))
 
 
-def test_int8_matmuls_are_used_here():
-    """On CPUs with AVX512-VNNI (this project's machines) the fast path runs, not PIL."""
-    if not resample._cpu_has_avx512_vnni():
-        pytest.skip("no AVX512-VNNI: the exact resize falls back to PIL here")
-    assert resample.int8_matmul_usable()
+def test_compiled_loops_are_used_here():
+    """numba is a dependency: the fast path runs here, not PIL."""
+    assert resample.jit_usable()
+    resample.warm_up()
 
 
 def test_default_resize_arguments():
