@@ -262,10 +262,16 @@ class EngineContext:
         s = self.settings
         # Read by vLLM's CPU workers when they bind their threads (see ``cpu_engine_env``).
         apply_engine_env(check_startup(s))
+        dtype = s.dtype
+        if dtype == "auto" and is_cpu_engine():
+            from server.cpu_dtype import cpu_auto_dtype
+
+            dtype, why = cpu_auto_dtype(s.model_dir())
+            log.info(why)
         args = AsyncEngineArgs(
             model=str(s.model_dir()),
             served_model_name=[s.model_name()],
-            dtype=s.dtype,
+            dtype=dtype,
             max_model_len=s.max_model_len,
             max_num_seqs=s.max_num_seqs,
             kv_cache_memory_bytes=int(s.kv_cache_gb * 2**30),

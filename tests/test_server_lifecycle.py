@@ -127,6 +127,8 @@ def test_template_refusal_deadline_over_the_fetch_and_a_clean_ctrl_c(model_dir, 
         assert proc.wait(90) == 0
     text = log.read_text()
     assert "Traceback" not in text, text[text.find("Traceback") - 200:][:3000]
+    # no --dtype: on a CPU the server measured what runs fastest, and said so
+    assert "--dtype auto on this CPU (float32 checkpoint; vLLM's auto: bfloat16): matmuls measured at" in text
 
 
 def test_no_key_on_a_network_address_is_refused_at_startup(model_dir):

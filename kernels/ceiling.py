@@ -1,0 +1,50 @@
+"""How fast this machine multiplies matrices, per dtype: measured, never assumed.
+
+CPUs differ more than their names say: one 2-core machine of ours ran bf16 matmuls at
+~800 GFLOP/s (AMX), another (AVX-512 BF16, no AMX) at 163 while fp32 ran at 318. The
+server's ``--dtype auto`` on a CPU (``server.cpu_dtype``) and every benchmark report use
+these numbers.
+"""
+
+import time
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def matmul_gflops(dtype: str, size: int = 1024, seconds: float = 0.1, device: str = "cpu") -> float:
+    """GFLOP/s of ``size``-cubed matrix products in ``dtype``: the best of the products that
+    fit in about ``seconds`` (at least one, after a small warm-up), on the current torch
+    threads. A dtype this machine runs in a slow scalar path costs one product, not more."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, generator=gen, device=device).to(DTYPES[dtype])
+    b = torch.randn(size, size, generator=gen, device=device).to(DTYPES[dtype])
+    torch.mm(a[:64, :64], b[:64, :64])  # libraries loaded, kernels picked
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    for _ in range(100):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+        if time.perf_counter() > deadline:
+            break
+    return 2 * size**3 / best / 1e9
+
+
+def ceilings(device: str = "cpu", size: int = 1024) -> dict[str, float]:
+    """Measured matmul GFLOP/s per dtype, for benchmark reports (float16 at a quarter of the
+    size on CPUs, which may run it in a scalar loop at a few GFLOP/s)."""
+    return {
+        name: round(matmul_gflops(name, size // 4 if name == "float16" and device == "cpu" else size, 0.3, device), 1)
+        for name in DTYPES
+    }
+
+
+def ceilings_line(device: str = "cpu") -> str:
+    rates = ceilings(device)
+    shown = ", ".join(f"{name} {rate:g}" for name, rate in rates.items())
+    return f"measured matmul ceilings ({device}, {torch.get_num_threads()} threads), GFLOP/s: {shown}"
