@@ -60,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     add("--dtype")
     add("--enforce-eager", action="store_true", default=None)
     add("--chat-template", help="vicuna_v1, mistral_instruct, chatml, or a Jinja file")
+    add("--lora-modules", action="append", metavar="NAME=PATH",
+        help="a LoRA adapter of the LLM served as model NAME (repeatable; PEFT directory)")
+    add("--max-loras", type=int, help="adapters one engine step may mix (default 4)")
+    add("--max-lora-rank", type=int, help="largest adapter rank accepted (default 64)")
     add("--limit-images-per-prompt", type=int)
     add("--max-image-bytes", type=int)
     add("--max-image-pixels", type=int)

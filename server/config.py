@@ -27,6 +27,10 @@ class ServerSettings(BaseSettings):
     pipeline_parallel_size: int = 1
     enforce_eager: bool = False
     chat_template: str | None = None  # a built-in name or a Jinja file
+    # LoRA adapters of the LLM, NAME=PATH each (env: comma-separated); see server.lora
+    lora_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_loras: int = 4  # adapters one engine step may mix
+    max_lora_rank: int = 64
 
     # HTTP
     host: str = "127.0.0.1"
@@ -68,7 +72,7 @@ class ServerSettings(BaseSettings):
     # model's compute; measured in benchmarks/README.md), else vLLM's default (one core).
     cpu_reserved_cores: int | None = None
 
-    @field_validator("api_key", "allowed_image_hosts", mode="before")
+    @field_validator("api_key", "allowed_image_hosts", "lora_modules", mode="before")
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):

@@ -8,8 +8,10 @@ message that says why, instead of a stack trace from inside vLLM.
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from llava_model.vision import TOWERS
 from server.config import ServerSettings
@@ -209,7 +211,17 @@ def check_startup(settings: ServerSettings) -> dict[str, str]:
     the engine's CPU workers need (empty on GPUs)."""
     check_model_dir(settings)
     check_model_config(settings)
+    adapters(settings)
     return check_parallelism(settings)
+
+
+def adapters(settings: ServerSettings) -> dict:
+    """The LoRA adapters to serve, by name (``server.lora``), checked."""
+    from server.lora import AdapterError, parse_lora_modules
+
+    if settings.max_loras < 1 or settings.max_lora_rank < 1:
+        raise AdapterError("--max-loras and --max-lora-rank must be at least 1")
+    return parse_lora_modules(settings.lora_modules, settings.model_name(), settings.max_lora_rank)
 
 
 def apply_engine_env(env: Mapping[str, str], environ: MutableMapping[str, str] = os.environ) -> None:
@@ -228,6 +240,8 @@ class Engine:
     llm: object  # vllm.v1.engine.async_llm.AsyncLLM
     model_name: str
     max_model_len: int
+    adapters: dict = field(default_factory=dict)  # served LoRA adapters by name (server.lora.Adapter)
+    base_lora: object = None  # what base-model requests carry, if anything (server.lora.base_standin)
 
     @property
     def dead(self) -> bool:
@@ -253,6 +267,7 @@ class EngineContext:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         self.engine: Engine | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
 
     async def __aenter__(self) -> Engine:
         from vllm.config import StructuredOutputsConfig
@@ -268,6 +283,16 @@ class EngineContext:
 
             dtype, why = cpu_auto_dtype(s.model_dir())
             log.info(why)
+        served_adapters = adapters(s)
+        lora, standin = {}, None
+        if served_adapters:
+            lora = {"enable_lora": True, "max_loras": s.max_loras, "max_lora_rank": s.max_lora_rank}
+            if is_cpu_engine():  # see server.lora.base_standin: one more slot, for the zero adapter
+                from server.lora import base_standin
+
+                self._scratch = tempfile.TemporaryDirectory(prefix="llava-lora-")
+                standin = base_standin(served_adapters, Path(self._scratch.name) / "base")
+                lora["max_loras"] += 1
         args = AsyncEngineArgs(
             model=str(s.model_dir()),
             served_model_name=[s.model_name()],
@@ -282,10 +307,13 @@ class EngineContext:
             disable_log_stats=False,
             # Compact JSON for response_format: no free whitespace, which weak models loop on.
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
+            **lora,
         )
         llm = _closing_class(AsyncLLM).from_engine_args(args)
-        self.engine = Engine(llm, s.model_name(), llm.model_config.max_model_len)
+        self.engine = Engine(llm, s.model_name(), llm.model_config.max_model_len, served_adapters, standin)
         log.info("engine ready: model=%s max_model_len=%d", s.model_dir(), self.engine.max_model_len)
+        for adapter in served_adapters.values():
+            log.info("LoRA adapter %s (rank %d) from %s", adapter.name, adapter.rank, adapter.path)
         return self.engine
 
     async def __aexit__(self, *exc) -> None:
@@ -294,3 +322,6 @@ class EngineContext:
             self.engine.llm.shutdown()
             self.engine.llm.closed = True
             self.engine = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None

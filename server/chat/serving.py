@@ -56,10 +56,20 @@ class ChatService:
         self._prompt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt")
 
     # ---- entry point -------------------------------------------------------------------------
-    async def create(self, req: ChatCompletionRequest, raw: Request):
-        if req.model != self.engine.model_name:
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves {self.engine.model_name!r}",
+    def _lora(self, model: str):
+        """The LoRA request for ``model`` (``None``: the base model); 404 for a model not served."""
+        if model == self.engine.model_name:
+            base = self.engine.base_lora
+            return base.request() if base is not None else None
+        adapter = self.engine.adapters.get(model)
+        if adapter is None:
+            served = ", ".join(repr(m) for m in [self.engine.model_name, *self.engine.adapters])
+            raise APIError(404, f"model {model!r} does not exist; this server serves {served}",
                            param="model", code="model_not_found")
+        return adapter.request()
+
+    async def create(self, req: ChatCompletionRequest, raw: Request):
+        lora = self._lora(req.model)
         if self.engine.dead:
             raise APIError(503, "the engine has stopped; the server cannot serve requests", headers={"Retry-After": "5"})
         deadline = time.perf_counter() + self.settings.request_timeout_s  # fetch + preprocess + generate
@@ -86,10 +96,10 @@ class ChatService:
         self.metrics.images.observe(n_images)
         rid = completion_id()
         if req.stream:
-            stream = self._stream(req, prompt, params, copies, rid, deadline, release)
+            stream = self._stream(req, prompt, params, copies, rid, deadline, release, lora)
             return StreamingResponse(stream, media_type="text/event-stream", background=BackgroundTask(release))
         try:
-            return await self._complete(req, prompt, params, copies, rid, raw, deadline)
+            return await self._complete(req, prompt, params, copies, rid, raw, deadline, lora)
         except _Disconnected:
             return Response(status_code=499)
         finally:
@@ -179,14 +189,14 @@ class ChatService:
         return params, (req.n if greedy else 1)
 
     # ---- generation ----------------------------------------------------------------------------
-    async def _generate(self, prompt, params, rid) -> AsyncIterator:
+    async def _generate(self, prompt, params, rid, lora=None) -> AsyncIterator:
         """The engine's outputs; its errors as ``APIError`` (its own input validation: 400;
         a dead engine: 503; anything else: 500 without details)."""
         from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         try:
-            async for output in self.engine.llm.generate(prompt, params, rid):
+            async for output in self.engine.llm.generate(prompt, params, rid, lora_request=lora):
                 yield output
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise _client_error(exc) from None
@@ -206,14 +216,15 @@ class ChatService:
         except Exception:  # a dead engine has nothing left to abort
             log.debug("abort of %s failed", rid, exc_info=True)
 
-    async def _complete(self, req, prompt, params, copies, rid, raw: Request, deadline: float) -> JSONResponse:
+    async def _complete(self, req, prompt, params, copies, rid, raw: Request, deadline: float,
+                        lora=None) -> JSONResponse:
         started = time.perf_counter()
         timing = _Timing(self.metrics, started)
         finals: dict[int, object] = {}
         result: dict = {}
 
         async def consume():
-            async for output in self._generate(prompt, params, rid):
+            async for output in self._generate(prompt, params, rid, lora):
                 timing.tokens_seen(sum(len(o.token_ids) for o in output.outputs))
                 result["prompt_tokens"] = len(output.prompt_token_ids or [])
                 result["metrics"] = output.metrics
@@ -232,7 +243,7 @@ class ChatService:
         completion = copies * sum(len(o.token_ids) for o in outputs)
         timing.finish(result.get("prompt_tokens", 0), completion, result.get("metrics"))
         body = ChatCompletion(
-            id=rid, created=now(), model=self.engine.model_name, choices=choices,
+            id=rid, created=now(), model=req.model, choices=choices,
             usage=Usage(prompt_tokens=result.get("prompt_tokens", 0), completion_tokens=completion,
                         total_tokens=result.get("prompt_tokens", 0) + completion),
         )
@@ -266,13 +277,13 @@ class ChatService:
         return self.tokenizer.decode([token_id])
 
     async def _stream(self, req, prompt, params, copies, rid, deadline: float,
-                      release: Callable[[], None]) -> AsyncIterator[str]:
+                      release: Callable[[], None], lora=None) -> AsyncIterator[str]:
         """SSE chunks; however it ends (done, timed out, bad input found by the engine, the
         engine failing), the client gets an error event if needed and then ``[DONE]`` —
         except when the client itself went away (then the engine request is aborted)."""
         started = time.perf_counter()
         timing = _Timing(self.metrics, started)
-        created, model = now(), self.engine.model_name
+        created, model = now(), req.model
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         prompt_tokens, completion = 0, 0
         metrics = None
@@ -287,7 +298,7 @@ class ChatService:
             # first text, so tools that stamp TTFT at the first chunk measure a real token.
             opened: set[int] = set()
             async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
-                async for output in self._generate(prompt, params, rid):
+                async for output in self._generate(prompt, params, rid, lora):
                     prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
                     metrics = output.metrics or metrics
                     choices = []

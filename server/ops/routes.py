@@ -25,10 +25,8 @@ async def metrics(request: Request):
 @router.get("/v1/models")
 async def models(request: Request):
     state = request.app.state
-    return {
-        "object": "list",
-        "data": [{
-            "id": state.engine.model_name, "object": "model", "created": state.started, "owned_by": "llava-serve",
-            "max_model_len": state.engine.max_model_len,
-        }],
-    }
+    engine = state.engine
+    base = {"id": engine.model_name, "object": "model", "created": state.started, "owned_by": "llava-serve",
+            "max_model_len": engine.max_model_len, "root": engine.model_name, "parent": None}
+    adapters = [{**base, "id": name, "parent": engine.model_name} for name in engine.adapters]
+    return {"object": "list", "data": [base, *adapters]}
