@@ -55,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     add("--max-model-len", type=int)
     add("--max-num-seqs", type=int)
     add("--kv-cache-gb", type=float)
+    add("--block-size", type=int, help="KV-cache block in tokens: the grain of prefix-cache reuse")
     add("--tensor-parallel-size", type=int)
     add("--pipeline-parallel-size", type=int)
     add("--dtype")

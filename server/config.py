@@ -23,6 +23,9 @@ class ServerSettings(BaseSettings):
     max_model_len: int | None = None
     max_num_seqs: int = 64
     kv_cache_gb: float = 2.0
+    # KV-cache block (tokens), the grain of prefix-cache reuse; None: 32 on CPUs (vLLM's 128 there
+    # reuses a re-sent chat history in 128-token steps), vLLM's 16 on GPUs
+    block_size: int | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     enforce_eager: bool = False

@@ -14,7 +14,7 @@ def test_serving_benchmark_smoke(tmp_path):
         sys.executable, "-m", "benchmarks.serving.run", "--config", "tiny", "--contenders", "ours",
         "--concurrency", "1", "3", "--rate", "4", "--num-requests", "6", "--images-per-request", "1", "2",
         "--image-size", "64", "48", "--input-words", "16", "--output-tokens", "8", "--eager",
-        "--port", "8391", "--out", str(out),
+        "--port", "8391", "--out", str(out), "--multiturn", "2",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -28,6 +28,11 @@ def test_serving_benchmark_smoke(tmp_path):
             assert set(run[key]) == {"mean", "p50", "p99"}
             assert 0 <= run[key]["p50"] <= run[key]["p99"]
         assert run["config"]["output_tokens"] == 8
+    turns = report["multiturn"]["ours"]
+    assert turns["completed_turns"] == 2 * 4 and turns["errors"] == 0, turns["error_samples"]
+    assert len(turns["ttft_s_by_turn"]) == 4 and all(t > 0 for t in turns["ttft_s_by_turn"])
+    assert report["settings"]["ceilings_gflops"]["float32"] > 0
     table = out.with_suffix(".md").read_text()
-    assert table.count("| ours |") == 3
+    assert table.count("| ours |") == 4  # three load levels and the multi-turn row
+    assert "measured matmul ceilings" in table
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

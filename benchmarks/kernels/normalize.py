@@ -11,6 +11,7 @@ import argparse
 import torch
 
 from benchmarks.kernels.timing import interleaved_medians, table
+from kernels.ceiling import ceilings_line
 from kernels.preprocess import normalize_images
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
                 "ours GB/s": f"{moved / times['ours'] / 1e9:.1f}",
             })
     print(f"device: {dev}")
+    print(ceilings_line(dev))
     print(table(rows, ["batch", "dtype", "eager ms", "ours ms", "speed-up", "ours GB/s"]))
 
 

@@ -14,6 +14,7 @@ import os
 import torch
 
 from benchmarks.kernels.timing import interleaved_medians, table
+from kernels.ceiling import ceilings_line
 from llava_model.image_processing import ImageProcessingConfig, preprocess_images
 from tests.images import photo_like
 from tests.reference import hf_processor
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"batch of {args.batch} images, {torch.get_num_threads()} torch threads, load average {load}")
+    print(ceilings_line())
     print("(timings vary between runs and machines, and with other load: compare within one run)")
     columns = ["mode", "image", "transformers ms/img"]
     columns += [f"{name} ms/img" for name in RESAMPLERS] + [f"{name} speed-up" for name in RESAMPLERS]

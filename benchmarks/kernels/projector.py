@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.kernels.timing import graph_medians, interleaved_medians, table
+from kernels.ceiling import ceilings_line
 from kernels.projector import prepare_projector
 
 SHAPES = {"tiny": (64, 128), "small": (768, 1024), "llava-1.5-7b": (1024, 4096)}
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     ceiling = bf16_ceiling(args.device)
     rows = run(args.device, dtypes, counts, args.rounds)
     print(f"device: {args.device}; measured bf16 matmul ceiling: {ceiling:.1f} TFLOP/s")
+    print(ceilings_line(args.device))
     print(table(rows, ["shape", "dtype", "tokens", "timing", "variant", "ms", "x vs eager", "TFLOP/s"]))
     if args.json:
         with open(args.json, "w") as f:

@@ -51,7 +51,9 @@ class Result:
     ttft: float = 0.0
     latency: float = 0.0
     output_tokens: int = 0
+    prompt_tokens: int = 0
     itls: list[float] = field(default_factory=list)
+    text: str = ""
 
 
 def _image_url(cfg: LoadConfig, seed: int) -> str:
@@ -100,7 +102,10 @@ async def send(client: httpx.AsyncClient, cfg: LoadConfig, body: dict) -> Result
                     return result
                 if chunk.get("usage"):
                     result.output_tokens = chunk["usage"]["completion_tokens"]
-                if any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
+                    result.prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
+                pieces = [(c.get("delta") or {}).get("content") or "" for c in chunk.get("choices", [])]
+                result.text += "".join(pieces)
+                if any(pieces):
                     now = time.perf_counter()
                     if last is None:
                         result.ttft = now - start

@@ -31,18 +31,30 @@ def ratios(runs: list[dict], level: int = 16) -> dict[str, float]:
     return out
 
 
-def markdown(runs: list[dict], cross_check: dict | None, settings: dict) -> str:
+def markdown(runs: list[dict], cross_check: dict | None, settings: dict, multiturn: dict | None = None) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---" for _ in COLUMNS) + " |"]
     for run in runs:
         row = _row(run)
         lines.append("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
     text = [f"config `{settings.get('config')}`, images {settings.get('image_size')}, "
             f"{settings.get('input_words')} words in / {settings.get('output_tokens')} tokens out", "", *lines]
+    if settings.get("ceilings_gflops"):
+        measured = ", ".join(f"{k} {v:g}" for k, v in settings["ceilings_gflops"].items())
+        text += ["", f"This machine's measured matmul ceilings (GFLOP/s, 1024-cubed products): {measured}"]
     found = ratios(runs)
     if found:
         text += ["", "At concurrency 16: " + ", ".join(f"{k} = {v:.2f}" for k, v in found.items())]
     if cross_check:
         text += ["", "vLLM's benchmark client against ours (concurrency 16): " + json.dumps(cross_check)]
+    if multiturn:
+        text += ["", "Multi-turn, one image per conversation, the whole history re-sent each turn (concurrency 1):",
+                 "", "| contender | conversations | prompt tokens turn 1..N | TTFT turn 1..N (s) | turn 2 / turn 1 "
+                 "| turns 2..N / turn 1 |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, m in multiturn.items():
+            by_turn = " / ".join(f"{t:.3f}" for t in m["ttft_s_by_turn"])
+            tokens = " / ".join(f"{t:.0f}" for t in m.get("prompt_tokens_by_turn", []))
+            text.append(f"| {name} | {m['config']['conversations']} | {tokens} | {by_turn} | "
+                        f"{m['turn2_over_turn1']:.2f} | {m['later_over_turn1']:.2f} |")
     return "\n".join(text) + "\n"
 
 
@@ -71,8 +83,11 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, runs: list[dict], cross_check: dict | None, settings: dict) -> None:
-    payload = {"settings": settings, "runs": runs, "ratios_at_16": ratios(runs), "vllm_client": cross_check}
+def write_report(
+    out: Path, runs: list[dict], cross_check: dict | None, settings: dict, multiturn: dict | None = None
+) -> None:
+    payload = {"settings": settings, "runs": runs, "ratios_at_16": ratios(runs), "vllm_client": cross_check,
+               "multiturn": multiturn or {}}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
-    out.with_suffix(".md").write_text(markdown(runs, cross_check, settings))
+    out.with_suffix(".md").write_text(markdown(runs, cross_check, settings, multiturn))
     plot(runs, out.with_suffix(".png"))

@@ -23,8 +23,10 @@ from pathlib import Path
 import httpx
 
 from benchmarks.serving.loadgen import LoadConfig, run_load
+from benchmarks.serving.multiturn import MultiTurnConfig, run_multiturn
 from benchmarks.serving.models import CONFIGS, ensure_model
 from benchmarks.serving.report import write_report
+from kernels.ceiling import ceilings
 
 BASELINE_PYTHON = Path(".venv-baseline/bin/python")
 VICUNA_JINJA = Path(__file__).with_name("vicuna_v1.jinja")
@@ -39,6 +41,7 @@ class Contender:
 
 def contenders(model: Path, served: str, port: int, args) -> dict[str, Contender]:
     eager = ["--enforce-eager"] if args.eager else []
+    eager += ["--block-size", str(args.block_size)] if args.block_size else []
     common_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(args.kv_cache_gb)))}
     common_env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     return {
@@ -127,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kv-cache-gb", type=float, default=2.0)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--eager", action="store_true", help="skip torch.compile in both engines (faster start)")
+    p.add_argument("--block-size", type=int, default=None, help="KV-cache block for ours and vLLM (default: theirs)")
     p.add_argument("--vllm-client", action="store_true", help="cross-check ours with vLLM's benchmark client")
+    p.add_argument("--multiturn", type=int, default=0, metavar="N",
+                   help="also N four-turn conversations about one image each (not for hf): TTFT per turn")
     p.add_argument("--port", type=int, default=8311)
     p.add_argument("--out", default=None, help="output path prefix (default benchmarks/results/serving_<config>)")
     args = p.parse_args(argv)
@@ -137,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or f"benchmarks/results/serving_{args.config}")
     out.parent.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    runs, cross_check = [], None
+    runs, cross_check, multiturn = [], None, {}
+    machine = ceilings()  # measured before any server runs, on this process's threads
+    print(f"measured matmul ceilings, GFLOP/s: {machine}", flush=True)
     for name in args.contenders:
         contender = contenders(model, served, args.port, args)[name]
         if name == "vllm" and not BASELINE_PYTHON.exists():
@@ -164,11 +172,20 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(summary)
                 print(f"   {mode}={value}: {summary['requests_per_s']:.2f} req/s, "
                       f"p99 TTFT {summary['ttft_s']['p99']:.2f} s, errors {summary['errors']}", flush=True)
+            if args.multiturn and name != "hf":
+                # chat-sized turns (MultiTurnConfig's), so four of them fit the context
+                multiturn[name] = asyncio.run(run_multiturn(MultiTurnConfig(
+                    base_url=base, model=served, conversations=args.multiturn, image_size=tuple(args.image_size),
+                    image_kind=args.image_kind,
+                )))
+                print(f"   multi-turn: TTFT by turn {[round(t, 3) for t in multiturn[name]['ttft_s_by_turn']]} s, "
+                      f"turn 2 / turn 1 = {multiturn[name]['turn2_over_turn1']:.2f}", flush=True)
             if name == "ours" and args.vllm_client:
                 cross_check = vllm_client(base, served, model, args, logs)
         finally:
             stop(proc)
-    write_report(out, runs, cross_check, vars(args) | {"model": str(model)})
+    write_report(out, runs, cross_check, vars(args) | {"model": str(model), "ceilings_gflops": machine},
+                 multiturn)
     print(f"wrote {out}.json, {out}.md, {out}.png (server logs in {logs})")
 
 
