@@ -295,10 +295,12 @@ def _resize_jit(src: _Source, width: int, height: int, resample: int, crop) -> n
     c0, c1 = (across.first, across.last) if do_w else (left, left + cw)
     r0, r1 = (down.first, down.last) if do_h else (top, top + ch)
     if do_h and (not do_w or vertical_first(src.width, src.height, width, height)):
-        tall = _run_pass(src.window(r0, r1, c0, c1), down, r0)  # (ch, columns)
+        tall = _run_pass(src.window(r0, r1, c0, c1), down, r0)  # (ch, canvas columns c0:c1)
         if not do_w:
             return tall
-        return _transposed(_run_pass(_transposed(tall), across, c0))
+        # the width pass of those rows, as of any image: ``tall`` stands at column c0
+        wide = _width_pass(_Source(tall, src.channels, c1, ch, left=c0), across, 0, ch, c0, c1)
+        return _transposed(wide)
     wide = _width_pass(src, across, r0, r1, c0, c1)  # (cw, rows)
     if not do_h:
         return _transposed(wide)
