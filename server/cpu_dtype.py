@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-# float32 must be this much faster than vLLM's pick to be chosen (timings are noisy, and
-# float32 doubles the weights' and the KV cache's memory)
+# another candidate must be this much faster than vLLM's pick to be chosen (timings are
+# noisy, and float32 doubles the weights' and the KV cache's memory)
 MARGIN = 1.2
 
 
