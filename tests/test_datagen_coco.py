@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from train.builtin.world import make_scene
 from train.datagen.coco import AnnotationError, load_coco
 from train.datagen.world_source import world_contexts
-from train.world import make_scene
 
 
 def coco_files(tmp_path, *, images=None, captions=None, instances=None, categories=None):
@@ -118,7 +118,7 @@ def test_world_contexts_render_and_match_the_scenes(tmp_path):
 
 
 def test_world_contexts_refuse_the_held_out_bench_seeds():
-    from train.shapes_bench import FIRST_SEED
+    from train.builtin.shapes_bench import FIRST_SEED
 
     with pytest.raises(ValueError, match="held out for shapes-bench"):
         world_contexts(2, first_seed=FIRST_SEED - 1)

@@ -17,7 +17,6 @@ import pytest
 
 from tests.standin_openai import running_standin
 from tests.test_datagen_coco import coco_files
-from train.data import load_samples
 from train.datagen.merge import merge
 from train.datagen.runner import RunConfig, generate
 from train.datagen.store import read_records
@@ -26,6 +25,7 @@ from train.datagen.world_source import world_contexts
 from train.eval.client import ChatClient, EndpointConfig
 from train.eval.relative import load_questions, run_relative
 from train.eval.report import write_report
+from train.llava.data import load_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,13 +5,13 @@ import json
 
 import pytest
 
+from train.builtin.symbolic import KINDS, SymbolicContext, SymbolicObject
 from train.datagen.merge import merge, training_sample
 from train.datagen.parser import Rejected, parse_reply, render
 from train.datagen.prompts import detail_instructions, load_prompts
 from train.datagen.store import RecordLog, read_records
 from train.datagen.teacher import TemplateTeacher
 from train.datagen.world_source import world_contexts
-from train.symbolic import KINDS, SymbolicContext, SymbolicObject
 
 GOOD_CONVERSATION = """Question:
 What animal is on the sofa?
@@ -103,7 +103,7 @@ def test_prompt_files_load_and_their_examples_pass_the_parser(kind):
 def test_template_teacher_round_trips_through_the_parser(kind):
     teacher = TemplateTeacher()
     for ctx in world_contexts(30, first_seed=100):
-        from train.template_teacher import template_conversation
+        from train.builtin.template_teacher import template_conversation
 
         reply = asyncio.run(teacher.complete(ctx, kind))
         assert parse_reply(reply.text, kind) == template_conversation(ctx, kind)

@@ -11,8 +11,8 @@ import json
 import pytest
 
 from server.launch import running_server
-from train import shapes_bench
-from train.recipe import PRESETS, build
+from train.builtin import shapes_bench
+from train.builtin.recipe import PRESETS, build
 
 SCENES = 40
 

@@ -11,6 +11,7 @@ import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
 from tests.server_proc import running_server
+from train.builtin.symbolic import KINDS
 from train.datagen.runner import RunConfig, generate
 from train.datagen.store import read_records
 from train.datagen.teacher import LLMTeacher
@@ -18,7 +19,6 @@ from train.datagen.world_source import world_contexts
 from train.eval.client import ChatClient, EndpointConfig
 from train.eval.relative import load_questions, run_relative
 from train.eval.shapes import run_shapes
-from train.symbolic import KINDS
 
 
 @pytest.fixture(scope="module")

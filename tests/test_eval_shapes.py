@@ -11,9 +11,9 @@ from pathlib import Path
 from PIL import Image
 
 from tests.standin_openai import running_standin
+from train.builtin.shapes_bench import FIRST_SEED, bench_items, is_correct
 from train.eval.client import ChatClient, EndpointConfig
 from train.eval.shapes import run_shapes
-from train.shapes_bench import FIRST_SEED, bench_items, is_correct
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -397,12 +397,11 @@ def test_served_greedy_tokens_equal_transformers_on_the_original_ids(built, hf_m
 
 
 def test_trainer_tokenises_a_converted_checkpoint_in_chunks_and_exports_the_setting(built, monkeypatch):
-    import train.data
-    from train.config import StageConfig
-    from train.data import IGNORE, Sample, tokenise
-    from train.engine import train_stage
-
+    import train.llava.data
     from llava_model.chat_format import Turn
+    from train.llava.config import StageConfig
+    from train.llava.data import IGNORE, Sample, tokenise
+    from train.llava.trainer import train_stage
 
     sample = Sample("s", "a.png", (Turn("user", f"<image>\n{QUESTION}"), Turn("assistant", "A red circle.")))
     tok = tokenise(sample, built.tok, "vicuna_v1", image_tokens=4, max_length=512, tokenization="chunks")
@@ -421,8 +420,8 @@ def test_trainer_tokenises_a_converted_checkpoint_in_chunks_and_exports_the_sett
             {"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": "A red circle."}]})
     (root / "data.json").write_text(json.dumps(data))
     seen = []
-    original = train.data.tokenise
-    monkeypatch.setattr(train.data, "tokenise", lambda *a: seen.append(a[-1]) or original(*a))
+    original = train.llava.data.tokenise
+    monkeypatch.setattr(train.llava.data, "tokenise", lambda *a: seen.append(a[-1]) or original(*a))
     cfg = StageConfig(stage=2, model=str(built.out), data=str(root / "data.json"), image_root=str(root),
                       output_dir=str(root / "run"), chat_format="vicuna_v1", global_batch=4, per_device_batch=4,
                       max_steps=1, lr=1e-4, progress=False)

@@ -1,6 +1,6 @@
 """The recipe's resumable steps: a finished step is reused only when its settings match."""
 
-from train.recipe import _fingerprint, _step
+from train.builtin.recipe import _fingerprint, _step
 
 
 def test_step_reused_with_same_settings_and_redone_when_they_change(tmp_path):

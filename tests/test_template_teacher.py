@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from train import shapes_bench
-from train.symbolic import KINDS, scene_context
-from train.template_teacher import template_conversation
-from train.world import make_scene, questions
-from train.world_data import WorldDataConfig, write_world_data
+from train.builtin import shapes_bench
+from train.builtin.symbolic import KINDS, scene_context
+from train.builtin.template_teacher import template_conversation
+from train.builtin.world import make_scene, questions
+from train.builtin.world_data import WorldDataConfig, write_world_data
 
 
 @pytest.mark.parametrize("seed", range(30))

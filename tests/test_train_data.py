@@ -9,7 +9,7 @@ from PIL import Image
 from llava_model.chat_format import FORMATS, Turn, prompt, segments
 from llava_model.image_processing import ImageProcessingConfig
 from llava_model.tiny import build_tokenizer
-from train.data import IGNORE, DataError, LlavaDataset, Sample, collate, load_samples, tokenise
+from train.llava.data import IGNORE, DataError, LlavaDataset, Sample, collate, load_samples, tokenise
 
 TOKENIZER = build_tokenizer()
 
@@ -142,7 +142,7 @@ def test_images_load_lazily_with_the_server_preprocessing(tmp_path):
 def test_exported_jinja_template_renders_exactly_the_builtin_vicuna_v1():
     from server.chat.protocol import Message
     from server.chat.templates import _jinja, choose_template
-    from train.export import chat_template
+    from train.llava.export import chat_template
 
     class Tok:
         chat_template = None

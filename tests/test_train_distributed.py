@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
 from server.launch import free_port
-from train.world_data import WorldDataConfig, write_world_data
+from train.builtin.world_data import WorldDataConfig, write_world_data
 
 
 def _torchrun(procs: int, root, out) -> dict:

@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 
 from llava_model.chat_format import Turn, prompt
 from llava_model.tiny import build_tokenizer
-from train.assemble import AssembleConfig, assemble
-from train.config import StageConfig
-from train.engine import train_stage
-from train.export import export
-from train.world import make_scene
-from train.world_data import WorldDataConfig, write_world_data
+from train.builtin.world import make_scene
+from train.builtin.world_data import WorldDataConfig, write_world_data
+from train.llava.assemble import AssembleConfig, assemble
+from train.llava.config import StageConfig
+from train.llava.export import export
+from train.llava.trainer import train_stage
 
 
 @pytest.fixture(scope="module")

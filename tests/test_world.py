@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from train.world import COLOURS, Scene, WorldConfig, make_scene, questions, relation
+from train.builtin.world import COLOURS, Scene, WorldConfig, make_scene, questions, relation
 
 
 def test_same_seed_same_scene_and_pixels():

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from train import shapes_bench
+from train.builtin import shapes_bench
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from train.config import PRESETS, StageConfig, with_overrides
+from train.llava.config import PRESETS, StageConfig, with_overrides
 
 _FLAGS_SKIP = {"stage"}
 
@@ -39,7 +39,7 @@ def _add_stage_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _stage(args: argparse.Namespace, stage: int) -> None:
-    from train.engine import train_stage
+    from train.llava.trainer import train_stage
 
     base = PRESETS[args.preset] if args.preset else StageConfig(
         stage=stage, chat_format="plain" if stage == 1 else "vicuna_v1")
@@ -56,15 +56,15 @@ def _stage(args: argparse.Namespace, stage: int) -> None:
 
 
 def _world(args: argparse.Namespace) -> None:
-    from train.world_data import WorldDataConfig, write_world_data
+    from train.builtin.world_data import WorldDataConfig, write_world_data
 
     paths = write_world_data(args.out, WorldDataConfig(scenes=args.scenes, first_seed=args.first_seed))
     print(json.dumps({k: str(v) for k, v in paths.items()}))
 
 
 def _assemble(args: argparse.Namespace) -> None:
-    from train.assemble import AssembleConfig, assemble
-    from train.export import export
+    from train.llava.assemble import AssembleConfig, assemble
+    from train.llava.export import export
 
     cfg = AssembleConfig(vision=args.vision, llm=args.llm, projector_type=args.projector_type,
                          vision_feature_layer=args.vision_feature_layer, aspect_mode=args.aspect_mode)
@@ -74,8 +74,8 @@ def _assemble(args: argparse.Namespace) -> None:
 
 
 def _default_model(args: argparse.Namespace) -> None:
-    from train.recipe import PRESETS as RECIPES
-    from train.recipe import build
+    from train.builtin.recipe import PRESETS as RECIPES
+    from train.builtin.recipe import build
 
     cfg = dataclasses.replace(RECIPES[args.preset], threads=args.threads, progress=not args.no_progress)
     build(args.out, cfg, args.work_dir)
@@ -89,7 +89,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _presets(_: argparse.Namespace) -> None:
-    from train.recipe import PRESETS as RECIPES
+    from train.builtin.recipe import PRESETS as RECIPES
 
     for name, cfg in PRESETS.items():
         print(f"{name}: {json.dumps(dataclasses.asdict(cfg))}")

@@ -14,7 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from train.symbolic import KINDS
+from train.builtin.symbolic import KINDS
 
 
 def _kinds(value: str) -> tuple[str, ...]:

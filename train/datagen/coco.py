@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.symbolic import SymbolicContext, SymbolicObject
+from train.builtin.symbolic import SymbolicContext, SymbolicObject
 
 EDGE_TOLERANCE_PX = 2.0  # boxes may overhang the image by this much (COCO rounding); clipped
 

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train.builtin.symbolic import KINDS
 from train.datagen.store import CorruptOutput, read_records
-from train.symbolic import KINDS
 
 IMAGE_TOKEN = "<image>"
 

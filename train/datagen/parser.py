@@ -10,7 +10,7 @@ saw the image.
 import re
 import zlib
 
-from train.symbolic import KINDS
+from train.builtin.symbolic import KINDS
 
 MIN_CONVERSATION_TURNS = 2
 MIN_DETAIL_WORDS = 8

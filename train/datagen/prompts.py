@@ -9,7 +9,7 @@ appended last, after the examples, as in the paper.
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.symbolic import KINDS, SymbolicContext
+from train.builtin.symbolic import KINDS, SymbolicContext
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 

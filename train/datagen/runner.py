@@ -13,12 +13,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train.builtin.symbolic import KINDS, SymbolicContext
 from train.datagen.parser import Rejected, parse_reply
 from train.datagen.prompts import detail_instructions
 from train.datagen.store import RecordLog, record_key
 from train.datagen.teacher import Teacher, TeacherReply
 from train.eval.client import ChatError
-from train.symbolic import KINDS, SymbolicContext
 
 log = logging.getLogger("train.datagen")
 

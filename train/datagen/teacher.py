@@ -6,17 +6,17 @@ the same parser, runner and merge downstream:
 - ``LLMTeacher``: any OpenAI-compatible chat endpoint (a GPT-4-class service or our own
   server), prompted with the type's system message and few-shot examples;
 - ``TemplateTeacher``: the synthetic world's deterministic template teacher
-  (``train.template_teacher``), whose conversations are written in the same text form.
+  (``train.builtin.template_teacher``), whose conversations are written in the same text form.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from train.builtin.symbolic import KINDS, SymbolicContext
 from train.datagen.parser import render
 from train.datagen.prompts import PROMPTS_DIR, PromptSet, load_prompts
 from train.eval.client import ChatClient
-from train.symbolic import KINDS, SymbolicContext
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class TemplateTeacher:
     name: str = "template"
 
     async def complete(self, context: SymbolicContext, kind: str) -> TeacherReply:
-        from train.template_teacher import template_conversation
+        from train.builtin.template_teacher import template_conversation
 
         if kind not in KINDS:
             raise ValueError(f"unknown response type {kind!r}; expected one of {KINDS}")

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from train.symbolic import SymbolicContext, scene_context
-from train.world import make_scene
+from train.builtin.symbolic import SymbolicContext, scene_context
+from train.builtin.world import make_scene
 
 
 def world_contexts(count: int, first_seed: int = 0, render_dir: Path | None = None) -> list[SymbolicContext]:
     """Scenes ``first_seed .. first_seed + count - 1``; image paths are ``scene-<seed>.png``
     (relative to ``render_dir``, where the images are written when it is given)."""
-    from train.shapes_bench import FIRST_SEED
+    from train.builtin.shapes_bench import FIRST_SEED
 
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")

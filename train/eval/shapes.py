@@ -1,4 +1,4 @@
-"""shapes-bench (``train.shapes_bench``) as one more task of the harness: exact answers about
+"""shapes-bench (``train.builtin.shapes_bench``) as one more task of the harness: exact answers about
 held-out synthetic scenes, asked with the image over any OpenAI-compatible endpoint."""
 
 import asyncio
@@ -10,7 +10,7 @@ from train.eval.report import Table, TaskReport
 
 async def run_shapes(client: ChatClient, n_scenes: int, first_seed: int | None = None) -> TaskReport:
     """Short answers are expected: give ``client`` a small ``max_tokens`` (the CLI's default is 16)."""
-    from train import shapes_bench
+    from train.builtin import shapes_bench
 
     first = shapes_bench.FIRST_SEED if first_seed is None else first_seed
     if first < shapes_bench.FIRST_SEED:

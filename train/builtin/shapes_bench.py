@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from train.template_teacher import NUMBER_WORDS
-from train.world import COLOURS, SHAPES, WorldConfig, make_scene, questions
+from train.builtin.template_teacher import NUMBER_WORDS
+from train.builtin.world import COLOURS, SHAPES, WorldConfig, make_scene, questions
 
 FIRST_SEED = 1_000_000
 RELATIONS = ("left of", "right of", "above", "below")

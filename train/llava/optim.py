@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from train.config import StageConfig
+from train.llava.config import StageConfig
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 

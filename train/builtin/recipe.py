@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from train.assemble import AssembleConfig, assemble
-from train.config import StageConfig
-from train.pretrain import ClipConfig, LmConfig, lm_texts, train_clip, train_lm, train_tokenizer
-from train.world_data import WorldDataConfig, write_world_data
+from train.builtin.pretrain import ClipConfig, LmConfig, lm_texts, train_clip, train_lm, train_tokenizer
+from train.builtin.world_data import WorldDataConfig, write_world_data
+from train.llava.assemble import AssembleConfig, assemble
+from train.llava.config import StageConfig
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _pixels(images: list, image_size: int) -> torch.Tensor:
 
 def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir: str | Path | None = None) -> dict:
     """Build the model into ``out_dir``; returns what each step did (also in ``build_log.json``)."""
-    from train.engine import train_stage
+    from train.llava.trainer import train_stage
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -126,7 +126,7 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
     def clip_step(path: Path) -> dict:
         import random
 
-        from train.world import make_scene, variants
+        from train.builtin.world import make_scene, variants
 
         rng = random.Random(cfg.clip.seed)
         scenes, groups = [], []
@@ -149,7 +149,7 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
     fp_lm = _step("lm", work / "lm", log, lm_step, _fingerprint(fp_tok, cfg.lm))
 
     def assemble_step(path: Path) -> dict:
-        from train.export import export
+        from train.llava.export import export
 
         model, tok, processor = assemble(AssembleConfig(vision=str(work / "clip"), llm=str(work / "lm"),
                                                         projector_type=cfg.projector_type))

@@ -11,7 +11,7 @@ import itertools
 import random
 import re
 
-from train.symbolic import (
+from train.builtin.symbolic import (
     KINDS,
     SymbolicContext,
     SymbolicObject,

@@ -33,7 +33,7 @@ class SymbolicContext:
 
 
 def scene_context(scene, image: str | None = None) -> SymbolicContext:
-    """The symbolic context of a ``train.world.Scene`` (id = ``scene-<seed>``)."""
+    """The symbolic context of a ``train.builtin.world.Scene`` (id = ``scene-<seed>``)."""
     return SymbolicContext(
         image_id=f"scene-{scene.seed}",
         image=image,

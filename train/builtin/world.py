@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-from train.symbolic import box_relation, box_third, relation_is_clear
+from train.builtin.symbolic import box_relation, box_third, relation_is_clear
 
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from train.config import StageConfig
-from train.data import IGNORE, LlavaDataset, collate, load_samples
-from train.optim import build_optimizer, cosine_with_warmup, prepare_trainable, trainable_summary
+from train.llava.config import StageConfig
+from train.llava.data import IGNORE, LlavaDataset, collate, load_samples
+from train.llava.optim import build_optimizer, cosine_with_warmup, prepare_trainable, trainable_summary
 
 MAX_MISMATCH_RATIO = 0.01
 
@@ -250,7 +250,7 @@ def _rank_digests(acc, model) -> list[str]:
 
 def _export(acc, model, tokenizer, processor: dict, target: Path, cfg: StageConfig, result: dict,
             tokenization: str) -> None:
-    from train.export import export
+    from train.llava.export import export
 
     meta = {"stage": cfg.stage, "config": cfg.__dict__, "result": result}
     state = acc.get_state_dict(model) if cfg.fsdp else None  # gathered on every rank's call

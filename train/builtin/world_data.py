@@ -12,9 +12,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.symbolic import scene_context
-from train.template_teacher import template_conversation
-from train.world import WorldConfig, make_scene
+from train.builtin.symbolic import scene_context
+from train.builtin.template_teacher import template_conversation
+from train.builtin.world import WorldConfig, make_scene
 
 BRIEF_PROMPTS = ("Describe the image briefly.", "Give a short caption of the picture.", "What does this image show?")
 
@@ -30,7 +30,7 @@ class WorldDataConfig:
     world: WorldConfig = WorldConfig()
 
     def __post_init__(self) -> None:
-        from train.shapes_bench import FIRST_SEED
+        from train.builtin.shapes_bench import FIRST_SEED
 
         if self.first_seed + self.scenes > FIRST_SEED:
             raise ValueError(f"training scenes must use seeds below {FIRST_SEED} (shapes-bench's held-out seeds)")
