@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from server.launch import free_port, running_server
+from server.child_process import free_port, running_server
 from tests.images import noise, photo_like
 
 __all__ = ["free_port", "image_server", "png", "running_server"]

@@ -593,7 +593,7 @@ def run_soak(cfg: SoakConfig) -> SoakResult:
 def start_servers(stack: ExitStack, specs: list[tuple]) -> list[tuple[str, object]]:
     """Starts servers side by side (each spec: model dir, flags..., log path); ``stack`` stops them.
     The dead-engine server starts with the first and then idles (~1 % of a core) until its turn."""
-    from server.launch import running_server
+    from server.child_process import running_server
 
     managers = [running_server(model, *flags, log_path=log) for model, *flags, log in specs]
     with ThreadPoolExecutor(len(managers)) as pool:

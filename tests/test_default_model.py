@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from server.launch import running_server
+from server.child_process import running_server
 from train.builtin import shapes_bench
 from train.builtin.recipe import PRESETS, build
 

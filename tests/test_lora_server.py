@@ -43,7 +43,7 @@ def transformers5_names(src, dst) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from server.launch import running_server
+    from server.child_process import running_server
 
     root = tmp_path_factory.mktemp("lora")
     base = build_tiny_llava(root / "model", SPEC)

@@ -341,7 +341,7 @@ def hf_greedy(model, prompt_ids, pixel_values) -> list[int]:
 
 @pytest.fixture(scope="module")
 def server(built):
-    from server.launch import running_server
+    from server.child_process import running_server
 
     with running_server(built.out, "--chat-template", "vicuna_v1", "--served-model-name", "orig",
                         "--dtype", "float32", log_path=built.root / "server.log") as (base, _):

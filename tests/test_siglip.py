@@ -47,7 +47,7 @@ def built(tmp_path_factory):
 def client(built):
     from openai import OpenAI
 
-    from server.launch import running_server
+    from server.child_process import running_server
 
     out = built[0]
     with running_server(out, "--chat-template", "chatml", "--served-model-name", "interleave",

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
-from server.launch import free_port
+from server.child_process import free_port
 from train.builtin.world_data import WorldDataConfig, write_world_data
 
 

@@ -32,7 +32,7 @@ def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
 
 
 def run_bench(args: argparse.Namespace) -> dict:
-    from server.launch import running_server
+    from server.child_process import running_server
 
     reports: dict[str, dict] = {}
     for name, model_dir in _pairs(args.serve, "--serve"):
