@@ -59,7 +59,7 @@ def test_shapes_cli_writes_reports(tmp_path):
 
 
 def test_data_url_round_trips_the_image():
-    from train.eval.client import image_data_url
+    from llava_model.data_url import image_data_url
 
     image = bench_items(1, FIRST_SEED)[0].image
     url = image_data_url(image)

@@ -7,8 +7,6 @@ first answer word it contains from the question's answer set, so "2", "two" and
 "There are 2 shapes." all count, and "left of ... right of" counts as its first.
 """
 
-import base64
-import io
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from llava_model.data_url import image_data_url as data_url
 from train.builtin.template_teacher import NUMBER_WORDS
 from train.builtin.world import COLOURS, SHAPES, WorldConfig, make_scene, questions
 
@@ -66,12 +65,6 @@ def is_correct(reply: str, answer: str) -> bool:
         if i >= 0:
             found.append((i, -len(phrase), meaning))
     return bool(found) and min(found)[2] == answer
-
-
-def data_url(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def ask(client, model: str, item: BenchItem, max_tokens: int = 12) -> str:

@@ -7,13 +7,10 @@ exactly what happened on the wire.
 """
 
 import asyncio
-import base64
-import io
 import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Self
 
 import httpx
@@ -83,18 +80,6 @@ class ChatError(RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
-
-
-def image_data_url(image) -> str:
-    """A ``data:`` URL for a PIL image or an image file."""
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        mime = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp", "gif": "gif"}.get(
-            path.suffix.lower().lstrip("."), "png")
-        return f"data:image/{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def user_message(text: str, image_url: str | None = None) -> dict:

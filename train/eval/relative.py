@@ -11,7 +11,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.eval.client import ChatClient, ChatError, image_data_url, user_message
+from llava_model.data_url import image_data_url
+from train.eval.client import ChatClient, ChatError, user_message
 from train.eval.judge import Judgement, JudgeParseError, judge_messages, parse_scores, relative_scores
 from train.eval.report import Table, TaskReport
 from train.eval.rows import InputError, read_rows

@@ -10,7 +10,8 @@ import asyncio
 from collections import defaultdict
 from pathlib import Path
 
-from train.eval.client import ChatClient, ChatError, image_data_url, user_message
+from llava_model.data_url import image_data_url
+from train.eval.client import ChatClient, ChatError, user_message
 from train.eval.report import Table, TaskReport
 from train.eval.rows import InputError, read_rows
 from train.eval.scienceqa_format import SUBJECTS, Problem, build_prompt, image_path, parse_choice

@@ -4,7 +4,8 @@ held-out synthetic scenes, asked with the image over any OpenAI-compatible endpo
 import asyncio
 from collections import defaultdict
 
-from train.eval.client import ChatClient, ChatError, image_data_url, user_message
+from llava_model.data_url import image_data_url
+from train.eval.client import ChatClient, ChatError, user_message
 from train.eval.report import Table, TaskReport
 
 
