@@ -11,6 +11,7 @@ import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
 from tests.server_proc import running_server
+from train.builtin.shapes_bench import run_eval_task
 from train.builtin.symbolic import KINDS
 from train.datagen.runner import RunConfig, generate
 from train.datagen.store import read_records
@@ -18,7 +19,6 @@ from train.datagen.teacher import LLMTeacher
 from train.datagen.world_source import world_contexts
 from train.eval.client import ChatClient, EndpointConfig
 from train.eval.relative import load_questions, run_relative
-from train.eval.shapes import run_shapes
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_datagen_then_relative_eval_against_our_server(server, tmp_path):
 def test_shapes_with_images_and_back_pressure(server):
     async def run():
         async with ChatClient(endpoint(server, concurrency=4)) as client:
-            return await run_shapes(client, 2), client.stats
+            return await run_eval_task(client, 2), client.stats
 
     report, stats = asyncio.run(run())
     assert report.summary["n"] >= 2 and report.summary["failed_calls"] == 0

@@ -11,9 +11,8 @@ from pathlib import Path
 from PIL import Image
 
 from tests.standin_openai import running_standin
-from train.builtin.shapes_bench import FIRST_SEED, bench_items, is_correct
+from train.builtin.shapes_bench import FIRST_SEED, bench_items, is_correct, run_eval_task
 from train.eval.client import ChatClient, EndpointConfig
-from train.eval.shapes import run_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +24,7 @@ def test_shapes_task_scores_replies_per_kind(tmp_path):
 
     async def run(standin):
         async with ChatClient(EndpointConfig(base_url=standin.base_url, backoff_s=0.01)) as client:
-            return await run_shapes(client, 4)
+            return await run_eval_task(client, 4)
 
     with running_standin(tmp_path, script) as standin:
         report = asyncio.run(run(standin))

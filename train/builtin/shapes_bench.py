@@ -141,3 +141,51 @@ def item_dict(item: BenchItem) -> dict:
     d = asdict(item)
     d.pop("image")
     return d
+
+
+async def run_eval_task(client, n_scenes: int, first_seed: int | None = None):
+    """shapes-bench as a task of the eval harness (``llava-train eval shapes``): a ``TaskReport``.
+
+    ``client`` is a ``train.eval.client.ChatClient`` (its retries and concurrency apply); give
+    it a small ``max_tokens``, short answers are expected (the CLI's default is 16). Replies
+    are scored by ``summarise``, as ``run``'s are; a call that fails for good scores as wrong
+    and is counted in ``failed_calls``.
+    """
+    import asyncio
+
+    from train.eval.client import ChatError, user_message
+    from train.eval.report import Table, TaskReport
+
+    first = FIRST_SEED if first_seed is None else first_seed
+    if first < FIRST_SEED:
+        raise ValueError(f"shapes-bench seeds start at {FIRST_SEED}; lower seeds are training seeds")
+    items = bench_items(n_scenes, first)
+
+    async def one(item: BenchItem) -> tuple[str | None, str | None]:
+        """(reply, error): one of the two is None."""
+        try:
+            result = await client.chat([user_message(item.question, data_url(item.image))], temperature=0.0)
+        except ChatError as exc:
+            return None, str(exc)
+        return result.text, None
+
+    answers = await asyncio.gather(*(one(item) for item in items))
+    scored = summarise(items, [reply or "" for reply, _ in answers])
+    rows = [{**row, "reply": reply, "error": error}
+            for row, (reply, error) in zip(scored["rows"], answers, strict=True)]
+    by_kind: dict[str, list[dict]] = {}
+    for row in rows:
+        by_kind.setdefault(row["kind"], []).append(row)
+
+    def tally(kind_rows: list[dict]) -> dict:
+        n = len(kind_rows)
+        correct = sum(r["correct"] for r in kind_rows)
+        return {"n": n, "correct": correct, "accuracy": round(100 * correct / n, 2) if n else None,
+                "failed_calls": sum(bool(r["error"]) for r in kind_rows)}
+
+    summary = {"scenes": n_scenes, "first_seed": first, **tally(rows),
+               "by_kind": {k: tally(v) for k, v in sorted(by_kind.items())}}
+    table = [[k, s["n"], s["failed_calls"], 100 * CHANCE[k], s["accuracy"]] for k, s in summary["by_kind"].items()]
+    table.append(["all", summary["n"], summary["failed_calls"], None, summary["accuracy"]])
+    headers = ["kind", "questions", "failed", "chance %", "accuracy %"]
+    return TaskReport("shapes", summary, rows, [Table("shapes-bench accuracy (%)", headers, table)])

@@ -94,9 +94,9 @@ async def _task(args, model, judge):
         second = load_predictions(args.second_predictions) if args.second_predictions else None
         return await run_scienceqa(problems, model, fmt=args.format, image_root=args.image_root,
                                    second=second, judge=judge)
-    from train.eval.shapes import run_shapes
+    from train.builtin.shapes_bench import run_eval_task
 
-    return await run_shapes(model, args.scenes, args.first_seed)
+    return await run_eval_task(model, args.scenes, args.first_seed)
 
 
 def run_eval(args) -> int:
