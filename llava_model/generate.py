@@ -11,19 +11,15 @@ the engine as token ids, tokenised as the model directory's config says
 import argparse
 from pathlib import Path
 
+from llava_model.chat_format import IMAGE, Turn, prompt
 from llava_model.image_processing import ImageError, decode_image
 from llava_model.prompt_ids import encode_prompt, prompt_tokenization
 from llava_model.reply_text import whole_reply
 
-VICUNA_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-
 
 def vicuna_prompt(question: str, num_images: int) -> str:
-    images = "<image>\n" * num_images
-    return f"{VICUNA_SYSTEM} USER: {images}{question} ASSISTANT:"
+    """One user turn in vicuna_v1: the images (one per line), then the question."""
+    return prompt("vicuna_v1", None, [Turn("user", f"{IMAGE}\n" * num_images + question)])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,13 +8,14 @@ directory in the llava-hf layout that transformers and our vLLM model both load.
 from dataclasses import dataclass
 from pathlib import Path
 
+from llava_model.chat_format import VICUNA_ASSISTANT, VICUNA_SYSTEM, VICUNA_USER
+
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 _CORPUS = [
-    "A chat between a curious user and an artificial intelligence assistant.",
-    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
-    "USER: What is in the image? ASSISTANT: A red circle above a blue square.",
-    "USER: How many objects are there? ASSISTANT: There are three objects.",
+    *VICUNA_SYSTEM.replace(". ", ".\n").splitlines(),  # a sentence a line
+    f"{VICUNA_USER} What is in the image? {VICUNA_ASSISTANT} A red circle above a blue square.",
+    f"{VICUNA_USER} How many objects are there? {VICUNA_ASSISTANT} There are three objects.",
     "Describe the picture in detail. The background is green and there is a small yellow triangle.",
     "Is there a cat on the left? Yes, the cat sits left of the dog, below the window.",
     "0 1 2 3 4 5 6 7 8 9 colour shape size position count overlap",

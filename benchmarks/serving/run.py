@@ -27,9 +27,9 @@ from benchmarks.serving.multiturn import MultiTurnConfig, run_multiturn
 from benchmarks.serving.models import CONFIGS, ensure_model
 from benchmarks.serving.report import write_report
 from kernels.ceiling import ceilings
+from llava_model.chat_format import chat_template
 
 BASELINE_PYTHON = Path(".venv-baseline/bin/python")
-VICUNA_JINJA = Path(__file__).with_name("vicuna_v1.jinja")
 
 
 @dataclass
@@ -39,7 +39,8 @@ class Contender:
     env: dict[str, str]
 
 
-def contenders(model: Path, served: str, port: int, args) -> dict[str, Contender]:
+def contenders(model: Path, served: str, port: int, args, vicuna_jinja: Path) -> dict[str, Contender]:
+    """``vicuna_jinja``: vicuna_v1 as a Jinja file, for vLLM's server (ours has it built in)."""
     eager = ["--enforce-eager"] if args.eager else []
     eager += ["--block-size", str(args.block_size)] if args.block_size else []
     common_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(args.kv_cache_gb)))}
@@ -55,7 +56,7 @@ def contenders(model: Path, served: str, port: int, args) -> dict[str, Contender
             str(BASELINE_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", served, "--port", str(port), "--max-model-len", str(args.max_model_len),
             "--max-num-seqs", "64", "--limit-mm-per-prompt", json.dumps({"image": 2}), "--dtype", args.dtype,
-            "--chat-template", str(VICUNA_JINJA), *eager,
+            "--chat-template", str(vicuna_jinja), *eager,
         ], {**common_env, "VLLM_PLUGINS": ""}),
         "hf": Contender("hf", [
             sys.executable, "-m", "benchmarks.serving.hf_worker", "--model", str(model),
@@ -143,11 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or f"benchmarks/results/serving_{args.config}")
     out.parent.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    vicuna_jinja = logs / "vicuna_v1.jinja"
+    vicuna_jinja.write_text(chat_template("vicuna_v1"))
     runs, cross_check, multiturn = [], None, {}
     machine = ceilings()  # measured before any server runs, on this process's threads
     print(f"measured matmul ceilings, GFLOP/s: {machine}", flush=True)
     for name in args.contenders:
-        contender = contenders(model, served, args.port, args)[name]
+        contender = contenders(model, served, args.port, args, vicuna_jinja)[name]
         if name == "vllm" and not BASELINE_PYTHON.exists():
             raise SystemExit("no baseline venv: run `bash benchmarks/serving/baseline_venv.sh` first")
         print(f"== {name}: starting", flush=True)
