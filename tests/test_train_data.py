@@ -139,10 +139,11 @@ def test_images_load_lazily_with_the_server_preprocessing(tmp_path):
     assert (batch["labels"][1, short:] == IGNORE).all() and (batch["input_ids"][1, short:] == TOKENIZER.pad_token_id).all()
 
 
-def test_exported_jinja_template_renders_exactly_the_builtin_vicuna_v1():
+@pytest.mark.parametrize("fmt", ["plain", "vicuna_v1", "mistral_instruct", "chatml"])
+def test_exported_jinja_template_renders_exactly_the_builtin(fmt):
+    from llava_model.chat_format import chat_template
     from server.chat.protocol import Message
     from server.chat.templates import _jinja, choose_template
-    from train.llava.export import chat_template
 
     class Tok:
         chat_template = None
@@ -154,8 +155,10 @@ def test_exported_jinja_template_renders_exactly_the_builtin_vicuna_v1():
         [{"role": "system", "content": "Sys A"}, {"role": "system", "content": "Sys B"},
          {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
          {"role": "user", "content": "again"}],
+        [{"role": "developer", "content": "Dev"}, {"role": "user", "content": "hi"},
+         {"role": "assistant", "content": "yo"}],
     ]
-    render = _jinja(chat_template("vicuna_v1"), Tok())
+    render = _jinja(chat_template(fmt), Tok())
     for conv in conversations:
         messages = [Message.model_validate(m) for m in conv]
-        assert render(messages) == choose_template("vicuna_v1", Tok(), "llama").render(messages)
+        assert render(messages) == choose_template(fmt, Tok(), "llama").render(messages)

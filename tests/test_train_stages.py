@@ -105,6 +105,20 @@ def test_stage2_trains_projector_and_llm_not_vision(parts):
     assert not _changed(before, after, "vision_tower.")
 
 
+def test_export_writes_the_chat_template_of_the_trained_format(parts):
+    from transformers import AutoTokenizer
+
+    _stage(parts, "s2_chatml", 2, parts / "assembled", chat_format="chatml", max_steps=1)
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
+    turns = [Turn("user", "<image>\nWhat is shown?")]
+    for model_dir, fmt in ((parts / "s2_chatml" / "final", "chatml"), (parts / "assembled", "plain")):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert rendered == prompt(fmt, "Be brief.", turns), fmt
+    assert rendered == "<image>"  # plain: a stage-1 model is shown the image alone, as it was trained
+
+
 def test_resume_continues_exactly_where_it_stopped(parts):
     _stage(parts, "straight", 2, parts / "assembled", max_steps=4)
     _stage(parts, "resumed", 2, parts / "assembled", max_steps=4, save_every=2)

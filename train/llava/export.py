@@ -13,14 +13,7 @@ from pathlib import Path
 
 import torch
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "llava_model" / "templates"
 LLM_LORA_PREFIX = "base_model.model.language_model.model."
-
-
-def chat_template(fmt: str) -> str | None:
-    path = TEMPLATES / f"{fmt}.jinja"
-    return path.read_text() if path.is_file() else None
-
 
 def _swap_in(tmp: Path, out: Path) -> None:
     old = out.with_name(out.name + ".old")
@@ -60,6 +53,7 @@ def export(model, tokenizer, processor: dict, out_dir: str | Path, chat_format: 
     """
     from safetensors.torch import save_file
 
+    from llava_model.chat_format import chat_template
     from llava_model.prompt_ids import check_tokenization, write_prompt_tokenization
     from llava_model.prompt_ids import prompt_tokenization as tokenization_of
     from llava_model.weights import save_hub_layout, save_hub_state
@@ -90,9 +84,11 @@ def export(model, tokenizer, processor: dict, out_dir: str | Path, chat_format: 
         save_hub_state(state_dict, model.config, tmp, dtype=dtype)
     else:
         save_hub_layout(model, tmp, dtype=dtype)
-    template = chat_template(chat_format)
-    if template is not None:
-        tokenizer.chat_template = template
+    # The chat template of the format the model was trained with, whichever it is: a server
+    # that reads it (ours, vLLM's) prompts the model exactly as training did. ``plain`` too:
+    # a stage-1 (or freshly assembled) checkpoint served with it captions its images, which
+    # is what it learnt; served with another format it would read a layout it never saw.
+    tokenizer.chat_template = chat_template(chat_format)
     for target in [tmp, *([tmp / "lora" / "base"] if (tmp / "lora").is_dir() else [])]:
         tokenizer.save_pretrained(target)
         (target / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
