@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from train.builtin.world import COLOURS, Scene, WorldConfig, make_scene, questions, relation
+from train.builtin.world import (
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT_STYLE,
+    VARIED,
+    Scene,
+    WorldConfig,
+    make_scene,
+    questions,
+    relation,
+)
 
 
 def test_same_seed_same_scene_and_pixels():
@@ -92,3 +102,39 @@ def test_question_answers_follow_from_the_objects(seed):
                 assert ay < by
         else:
             assert q.kind == "count" and int(q.answer) >= 2
+
+
+def test_canonical_world_is_unchanged_by_the_drawing_options():
+    # shapes-bench's main split: the varied style's extra random draws must not shift it
+    scene = make_scene(1_000_007)
+    assert scene.background_rgb is None and not scene.antialias and all(o.rgb is None for o in scene.objects)
+    assert WorldConfig().canonical and not VARIED.canonical
+    explicit = WorldConfig(backgrounds=tuple(sorted(BACKGROUNDS)), sizes=None, jitter=0)
+    assert make_scene(1_000_007, explicit) == scene
+
+
+@pytest.mark.parametrize("style", [VARIED, HELD_OUT_STYLE])
+def test_varied_styles_stay_answerable(style):
+    smooth = 0
+    for seed in range(1_000_000, 1_000_040):
+        scene = make_scene(seed, style)
+        assert scene.background in style.backgrounds
+        for obj in scene.objects:
+            side = obj.box[2] - obj.box[0]
+            assert style.sizes[0] - 1e-3 <= side <= style.sizes[1] + 1e-3
+            row, col = obj.cell
+            assert col / 3 <= obj.box[0] and obj.box[2] <= (col + 1) / 3 + 1e-3  # inside its own cell
+            assert row / 3 <= obj.box[1] and obj.box[3] <= (row + 1) / 3 + 1e-3
+            assert sum((a - b) ** 2 for a, b in zip(obj.rgb, scene.background_rgb)) ** 0.5 >= style.min_contrast - 40
+        image = scene.render()
+        assert image.size == (style.image_size, style.image_size)
+        smooth += scene.antialias and len(image.getcolors(1 << 16)) > 20  # blended edge colours
+        assert questions(scene)  # the same questions apply
+    assert smooth >= (10 if style.antialias == 1.0 else 5)
+
+
+def test_held_out_backgrounds_are_never_trained_on():
+    assert not set(HELD_OUT_STYLE.backgrounds) & set(VARIED.backgrounds)
+    assert not set(HELD_OUT_STYLE.backgrounds) & set(WorldConfig().backgrounds)
+    with pytest.raises(ValueError, match="unknown backgrounds"):
+        WorldConfig(backgrounds=("plaid",))

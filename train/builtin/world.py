@@ -8,7 +8,7 @@ position, existence) for shapes-bench.
 """
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image, ImageDraw
 
@@ -19,6 +19,13 @@ COLOURS = {
     "purple": (140, 60, 190), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20),
 }
 BACKGROUNDS = {"grey": (128, 128, 128), "beige": (225, 210, 180), "teal": (40, 120, 130), "navy": (30, 40, 80)}
+# Backgrounds of the varied drawing style (training), and ones no training scene uses (the
+# robustness split of shapes-bench asks about scenes on those).
+MORE_BACKGROUNDS = {"white": (250, 250, 250), "silver": (190, 190, 195), "pink": (240, 185, 200),
+                    "forest": (30, 75, 45)}
+HELD_OUT_BACKGROUNDS = {"lavender": (205, 195, 235), "brown": (105, 70, 45), "mint": (185, 230, 205),
+                        "slate": (70, 80, 95)}
+ALL_BACKGROUNDS = BACKGROUNDS | MORE_BACKGROUNDS | HELD_OUT_BACKGROUNDS
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.2, "large": 0.28}  # side of the bounding box, as a fraction of the image
 PLACES = (("top left", "top", "top right"), ("left", "centre", "right"), ("bottom left", "bottom", "bottom right"))
@@ -31,6 +38,35 @@ class WorldConfig:
     max_objects: int = 4
     grid: int = 3  # > 0: each object inside its own cell of a grid x grid layout; 0: anywhere
     max_overlap: float = 0.0  # free placement: largest allowed intersection-over-smaller-box
+    # Drawing style. The defaults are the canonical world (shapes-bench's main split): four
+    # backgrounds, two sizes, exact colours, hard edges. The varied style draws the same kinds
+    # of scene less regularly, so a model trained on it does not depend on how they are drawn.
+    backgrounds: tuple[str, ...] = tuple(sorted(BACKGROUNDS))
+    sizes: tuple[float, float] | None = None  # (lo, hi): a side drawn uniformly; None: SIZES
+    jitter: int = 0  # each colour channel of objects and background moved by up to this much
+    antialias: float = 0.0  # odds that a scene is drawn with smooth edges (4x supersampled)
+    min_contrast: float = 0.0  # no object colour closer than this (RGB distance) to the background
+    margin: float = 0.02  # an object's least distance to its cell's border (grid layout)
+
+    def __post_init__(self) -> None:
+        unknown = [b for b in self.backgrounds if b not in ALL_BACKGROUNDS]
+        if unknown or not self.backgrounds:
+            raise ValueError(f"unknown backgrounds {unknown}; known: {sorted(ALL_BACKGROUNDS)}")
+        if self.sizes is not None and not 0.05 <= self.sizes[0] <= self.sizes[1] <= 1 / max(self.grid, 1):
+            raise ValueError(f"sizes {self.sizes} must lie within (0.05, one grid cell)")
+
+    @property
+    def canonical(self) -> bool:
+        return self == WorldConfig(**{k: getattr(self, k) for k in ("image_size", "min_objects", "max_objects",
+                                                                   "grid", "max_overlap")})
+
+
+# The varied drawing style the built-in model trains on, and the held-out style of the
+# robustness split (other backgrounds, a wider range of sizes, smooth edges, off-centre).
+VARIED = WorldConfig(backgrounds=tuple(sorted(BACKGROUNDS | MORE_BACKGROUNDS)), sizes=(0.16, 0.30), jitter=15,
+                     antialias=0.5, min_contrast=70.0, margin=0.01)
+HELD_OUT_STYLE = WorldConfig(backgrounds=tuple(sorted(HELD_OUT_BACKGROUNDS)), sizes=(0.15, 0.31), jitter=20,
+                             antialias=1.0, min_contrast=70.0, margin=0.005)
 
 
 @dataclass(frozen=True)
@@ -39,6 +75,7 @@ class SceneObject:
     colour: str
     size: str
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in 0-1
+    rgb: tuple[int, int, int] | None = None  # as drawn (None: the colour's exact value)
 
     @property
     def category(self) -> str:
@@ -65,21 +102,24 @@ class Scene:
     background: str
     objects: tuple[SceneObject, ...]
     config: WorldConfig = field(default_factory=WorldConfig)
+    background_rgb: tuple[int, int, int] | None = None  # as drawn (None: the background's exact value)
+    antialias: bool = False
 
     def render(self) -> Image.Image:
-        side = self.config.image_size
-        image = Image.new("RGB", (side, side), BACKGROUNDS[self.background])
+        final = self.config.image_size
+        side = final * 4 if self.antialias else final
+        image = Image.new("RGB", (side, side), self.background_rgb or ALL_BACKGROUNDS[self.background])
         draw = ImageDraw.Draw(image)
         for obj in self.objects:
             x1, y1, x2, y2 = (round(v * side) for v in obj.box)
-            colour = COLOURS[obj.colour]
+            colour = obj.rgb or COLOURS[obj.colour]
             if obj.shape == "circle":
                 draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=colour)
             elif obj.shape == "square":
                 draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=colour)
             else:
                 draw.polygon([((x1 + x2) / 2, y1), (x2 - 1, y2 - 1), (x1, y2 - 1)], fill=colour)
-        return image
+        return image.resize((final, final), Image.Resampling.BOX) if self.antialias else image
 
     def symbolic(self) -> str:
         """The teacher's view: one ``category: [x1, y1, x2, y2]`` line per object."""
@@ -133,10 +173,25 @@ def _overlap(a, b) -> float:
     return w * h / smaller
 
 
+def _jittered(rgb: tuple[int, int, int], rng: random.Random, jitter: int) -> tuple[int, int, int]:
+    return tuple(min(255, max(0, c + rng.randint(-jitter, jitter))) for c in rgb)
+
+
+def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) ** 0.5
+
+
 def make_scene(seed: int, config: WorldConfig = WorldConfig()) -> Scene:
-    """The scene of ``seed``: same seed, same scene, on any machine."""
+    """The scene of ``seed``: same seed, same scene, on any machine.
+
+    The canonical config draws exactly the scenes it always drew (the varied style's
+    extra random draws happen only when it is on), so shapes-bench's main split is stable.
+    """
     rng = random.Random(seed)
-    background = rng.choice(sorted(BACKGROUNDS))
+    varied = not config.canonical
+    background = rng.choice(sorted(config.backgrounds))
+    background_rgb = _jittered(ALL_BACKGROUNDS[background], rng, config.jitter) if varied else None
+    antialias = varied and rng.random() < config.antialias
     count = rng.randint(config.min_objects, config.max_objects)
     objects: list[SceneObject] = []
     used: set[tuple[str, str]] = set()
@@ -147,21 +202,29 @@ def make_scene(seed: int, config: WorldConfig = WorldConfig()) -> Scene:
         shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
         if (shape, colour) in used:  # each category at most once: questions stay unambiguous
             continue
-        size = rng.choice(sorted(SIZES))
-        side = SIZES[size]
+        if config.min_contrast and _distance(COLOURS[colour], background_rgb or ALL_BACKGROUNDS[background]) \
+                < config.min_contrast:
+            continue
+        if config.sizes is None:
+            size = rng.choice(sorted(SIZES))
+            side = SIZES[size]
+        else:
+            side = round(rng.uniform(*config.sizes), 3)
+            size = "large" if side >= 0.24 else "small"
         if config.grid:
             cell = 1 / config.grid
             row, col = divmod(cells[len(objects)], config.grid)
-            x1 = col * cell + rng.uniform(0.02, cell - side - 0.02)
-            y1 = row * cell + rng.uniform(0.02, cell - side - 0.02)
+            x1 = col * cell + rng.uniform(config.margin, cell - side - config.margin)
+            y1 = row * cell + rng.uniform(config.margin, cell - side - config.margin)
         else:
             x1, y1 = rng.uniform(0.02, 0.98 - side), rng.uniform(0.02, 0.98 - side)
         box = (round(x1, 3), round(y1, 3), round(x1 + side, 3), round(y1 + side, 3))
         if any(_overlap(box, o.box) > config.max_overlap for o in objects):
             continue
-        objects.append(SceneObject(shape, colour, size, box))
+        rgb = _jittered(COLOURS[colour], rng, config.jitter) if varied and config.jitter else None
+        objects.append(SceneObject(shape, colour, size, box, rgb))
         used.add((shape, colour))
-    return Scene(seed, background, tuple(objects), config)
+    return Scene(seed, background, tuple(objects), config, background_rgb, antialias)
 
 
 @dataclass(frozen=True)
@@ -216,18 +279,19 @@ def variants(scene: Scene, rng: random.Random, reshapes: int = 1) -> list[Scene]
             options = [s for s in SHAPES if s != o.shape and f"{o.colour} {s}" not in used]
             new = rng.choice(options) if options else o.shape
             used.add(f"{o.colour} {new}")
-            reshaped.append(SceneObject(new, o.colour, o.size, o.box))
-        out.append(Scene(scene.seed, scene.background, tuple(reshaped), scene.config))
+            reshaped.append(SceneObject(new, o.colour, o.size, o.box, o.rgb))
+        out.append(replace(scene, objects=tuple(reshaped)))
     if len(objs) >= 2:
         colours = [o.colour for o in objs]
         moved = colours[1:] + colours[:1]  # every object takes the next one's colour
-        recoloured = [SceneObject(o.shape, c, o.size, o.box) for o, c in zip(objs, moved, strict=True)]
+        recoloured = [SceneObject(o.shape, c, o.size, o.box, None if o.rgb is None else obj_rgb)
+                      for o, c, obj_rgb in zip(objs, moved, [p.rgb for p in objs[1:] + objs[:1]], strict=True)]
         if len({o.category for o in recoloured}) == len(objs) and moved != colours:
-            out.append(Scene(scene.seed, scene.background, tuple(recoloured), scene.config))
+            out.append(replace(scene, objects=tuple(recoloured)))
         i, j = rng.sample(range(len(objs)), 2)
         swapped = list(objs)
         swapped[i], swapped[j] = _moved(objs[i], objs[j].centre), _moved(objs[j], objs[i].centre)
-        out.append(Scene(scene.seed, scene.background, tuple(swapped), scene.config))
+        out.append(replace(scene, objects=tuple(swapped)))
     return out
 
 
@@ -236,4 +300,4 @@ def _moved(obj: SceneObject, centre: tuple[float, float]) -> SceneObject:
     x = min(max(centre[0], half), 1 - half)
     y = min(max(centre[1], half), 1 - half)
     return SceneObject(obj.shape, obj.colour, obj.size, (round(x - half, 3), round(y - half, 3),
-                                                        round(x + half, 3), round(y + half, 3)))
+                                                        round(x + half, 3), round(y + half, 3)), obj.rgb)
