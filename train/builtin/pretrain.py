@@ -66,12 +66,42 @@ class LmConfig:
 
 
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 1024):
-    """A byte-level BPE tokenizer trained on the world's text, saved to ``out``."""
-    from llava_model.tiny import train_bpe
+    """A Llama-style BPE tokenizer trained on the world's text, saved to ``out``.
 
-    tok = train_bpe(texts, SPECIAL, vocab_size)
-    tok.save_pretrained(out)
-    return tok
+    Like Llama's sentencepiece tokenizer: a space is part of the word after it (``▁red``),
+    the text's first word gets one too, any character outside the vocabulary falls back to
+    its UTF-8 bytes (``<0xC3>``), and decoding drops the one space that starts a text. So
+    a reply decoded on its own reads ``2``, not `` 2``, without the chat format or the
+    server stripping anything. ``vocab_size`` counts the 256 byte tokens and the specials.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    if vocab_size < len(SPECIAL) + len(byte_tokens) + 64:
+        raise ValueError(f"vocab_size {vocab_size} leaves no room for words next to 256 byte tokens")
+    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = metaspace
+    learner.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size - len(byte_tokens), special_tokens=SPECIAL, show_progress=False))
+    learned = json.loads(learner.to_str())["model"]
+    vocab = dict(learned["vocab"])
+    for token in byte_tokens:  # appended after the learned pieces: ids stay dense and deterministic
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True))
+    tok.add_special_tokens(SPECIAL)
+    tok.pre_tokenizer = metaspace
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+    fast.save_pretrained(out)
+    return fast
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
