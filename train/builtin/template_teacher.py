@@ -148,12 +148,17 @@ class _Facts:
 _CONVERSATION = ("count", "count_kind", "attribute", "exists", "relation", "where", "size", "background")
 
 
-def _conversation(facts: _Facts, rng: random.Random, turns: int, short_odds: float) -> list[tuple[str, str]]:
+def _conversation(facts: _Facts, rng: random.Random, turns: int, short_odds: float,
+                  weights: dict[str, float] | None = None) -> list[tuple[str, str]]:
     out, asked = [], set()
     for _ in range(turns * 4):
         if len(out) == turns:
             break
-        qa = getattr(facts, rng.choice(_CONVERSATION))(rng.random() < short_odds)
+        if weights:
+            kind = rng.choices(_CONVERSATION, [weights.get(k, 1.0) for k in _CONVERSATION])[0]
+        else:
+            kind = rng.choice(_CONVERSATION)
+        qa = getattr(facts, kind)(rng.random() < short_odds)
         if qa is not None and qa[0] not in asked:
             asked.add(qa[0])
             out.append(qa)
@@ -206,12 +211,14 @@ DETAIL_PROMPTS = (
 
 
 def template_conversation(context: SymbolicContext, kind: str, seed: int = 0,
-                          turns: tuple[int, int] = (3, 5), short_odds: float = 0.6) -> list[dict]:
+                          turns: tuple[int, int] = (3, 5), short_odds: float = 0.6,
+                          weights: dict[str, float] | None = None) -> list[dict]:
     """LLaVA ``conversations`` of one response type, written from ``context`` only.
 
     No ``<image>`` token: whoever builds the training sample adds it to the first turn.
     ``turns`` bounds the number of question-answer pairs of a conversation; ``short_odds`` is
-    the share of them asked in the one-word-answer form (the form shapes-bench asks in).
+    the share of them asked in the one-word-answer form (the form shapes-bench asks in);
+    ``weights`` (question kind -> relative odds, 1 where absent) asks some kinds more often.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown response type {kind!r}; expected one of {KINDS}")
@@ -220,7 +227,7 @@ def template_conversation(context: SymbolicContext, kind: str, seed: int = 0,
     rng = random.Random(f"{context.image_id}/{kind}/{seed}")
     facts = _Facts(context, rng)
     if kind == "conversation":
-        pairs = _conversation(facts, rng, rng.randint(*turns), short_odds)
+        pairs = _conversation(facts, rng, rng.randint(*turns), short_odds, weights)
     elif kind == "detail":
         pairs = [(rng.choice(DETAIL_PROMPTS), describe(context))]
     else:

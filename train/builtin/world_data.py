@@ -27,6 +27,7 @@ class WorldDataConfig:
     complex_odds: float = 0.4
     turns: tuple[int, int] = (4, 7)  # question-answer pairs per conversation
     short_odds: float = 0.6  # share of conversation questions asked for a one-word answer
+    weights: tuple[tuple[str, float], ...] = ()  # (question kind, relative odds): ask some kinds more
     world: WorldConfig = WorldConfig()
 
     def __post_init__(self) -> None:
@@ -66,7 +67,7 @@ def write_world_data(out: str | Path, cfg: WorldDataConfig = WorldDataConfig()) 
         if rng.random() < cfg.complex_odds:
             kinds.append("complex")
         for kind in kinds:
-            conv = template_conversation(context, kind, seed, cfg.turns, cfg.short_odds)
+            conv = template_conversation(context, kind, seed, cfg.turns, cfg.short_odds, dict(cfg.weights) or None)
             instruct.append(_sample(f"scene-{seed}-{kind}", image, conv))
             text.append(" ".join(t["value"] for t in conv))
     paths = {"captions": out / "captions.json", "instruct": out / "instruct.json", "text": out / "text.txt"}
