@@ -17,6 +17,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes", type=int, default=100)
     p.add_argument("--first-seed", type=int, default=shapes_bench.FIRST_SEED)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--split", default="main", choices=sorted(shapes_bench.SPLITS),
+                   help="main: the canonical world; varied: scenes drawn another way (robustness)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/shapes_bench"),
                    help="report path without suffix (.json and .md are written)")
 
@@ -39,9 +41,11 @@ def run_bench(args: argparse.Namespace) -> dict:
         if not (Path(model_dir) / "config.json").is_file():
             raise ValueError(f"--serve {name}: {model_dir} is not a model directory")
         with running_server(model_dir, "--served-model-name", name, "--chat-template", args.chat_template) as (base, _):
-            reports[name] = shapes_bench.run(f"{base}/v1", name, args.scenes, args.first_seed, args.concurrency)
+            reports[name] = shapes_bench.run(f"{base}/v1", name, args.scenes, args.first_seed, args.concurrency,
+                                             split=args.split)
     for name, url in _pairs(args.base_url, "--base-url"):
-        reports[name] = shapes_bench.run(url, args.model_name, args.scenes, args.first_seed, args.concurrency)
+        reports[name] = shapes_bench.run(url, args.model_name, args.scenes, args.first_seed, args.concurrency,
+                                         split=args.split)
     if not reports:
         raise ValueError("nothing to score: give --serve NAME=DIR or --base-url NAME=URL")
     shapes_bench.write_report(args.out, reports)

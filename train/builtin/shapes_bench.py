@@ -17,10 +17,13 @@ from PIL import Image
 
 from llava_model.data_url import image_data_url as data_url
 from train.builtin.template_teacher import NUMBER_WORDS
-from train.builtin.world import COLOURS, SHAPES, WorldConfig, make_scene, questions
+from train.builtin.world import COLOURS, HELD_OUT_STYLE, SHAPES, WorldConfig, make_scene, questions
 
 FIRST_SEED = 1_000_000
 RELATIONS = ("left of", "right of", "above", "below")
+# main: the canonical world; varied: the same questions on scenes drawn another way (held-out
+# backgrounds, a wider range of sizes, off-centre, smooth edges, colours jittered).
+SPLITS = {"main": WorldConfig(), "varied": HELD_OUT_STYLE}
 CHANCE = {"count": 1 / 4, "colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "exists": 1 / 2, "relation": 1 / 4}
 
 
@@ -100,18 +103,20 @@ def summarise(items: list[BenchItem], replies: list[str]) -> dict:
 
 
 def run(base_url: str, model: str, n_scenes: int = 100, first_seed: int = FIRST_SEED,
-        concurrency: int = 8, api_key: str = "none") -> dict:
+        concurrency: int = 8, api_key: str = "none", split: str = "main") -> dict:
     """Ask every question of ``n_scenes`` held-out scenes through an OpenAI-compatible server."""
     from openai import OpenAI
 
     if first_seed < FIRST_SEED:
         raise ValueError(f"shapes-bench seeds start at {FIRST_SEED}; lower seeds are training seeds")
     client = OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=120)
-    items = bench_items(n_scenes, first_seed)
+    if split not in SPLITS:
+        raise ValueError(f"unknown shapes-bench split {split!r}; known: {sorted(SPLITS)}")
+    items = bench_items(n_scenes, first_seed, SPLITS[split])
     with ThreadPoolExecutor(concurrency) as pool:
         replies = list(pool.map(lambda it: ask(client, model, it), items))
     report = summarise(items, replies)
-    report.update(model=model, base_url=base_url, scenes=n_scenes, first_seed=first_seed)
+    report.update(model=model, base_url=base_url, scenes=n_scenes, first_seed=first_seed, split=split)
     return report
 
 
