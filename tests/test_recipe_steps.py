@@ -1,6 +1,14 @@
 """The recipe's resumable steps: a finished step is reused only when its settings match."""
 
-from train.builtin.recipe import _fingerprint, _step
+from train.builtin.recipe import (
+    PRESETS,
+    _fingerprint,
+    _step,
+    add_bench,
+    build_record,
+    compare_records,
+    read_record,
+)
 
 
 def test_step_reused_with_same_settings_and_redone_when_they_change(tmp_path):
@@ -31,3 +39,96 @@ def test_unfinished_step_is_redone_from_scratch(tmp_path):
     _step("a", tmp_path / "a", log, lambda p: {}, _fingerprint(1))
     assert not (tmp_path / "a" / "half-written.bin").exists()
     assert (tmp_path / "a" / ".done").is_file()
+
+
+def test_interrupted_step_keeps_its_folder_to_resume_but_not_another_steps(tmp_path):
+    fp = _fingerprint({"steps": 5})
+
+    def killed(path):
+        (path / "checkpoint-250").mkdir()
+        raise KeyboardInterrupt  # the build stopped half-way through this step
+
+    log: dict = {}
+    try:
+        _step("s", tmp_path / "s", log, killed, fp)
+    except KeyboardInterrupt:
+        pass
+    seen = []
+    _step("s", tmp_path / "s", log, lambda p: seen.append(sorted(x.name for x in p.iterdir())), fp)
+    assert "checkpoint-250" in seen[0]  # the same settings resume from the checkpoint
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / ".started").write_text(_fingerprint({"steps": 6}))
+    (tmp_path / "t" / "checkpoint-250").mkdir()
+    seen.clear()
+    _step("t", tmp_path / "t", log, lambda p: seen.append(sorted(x.name for x in p.iterdir())), fp)
+    assert "checkpoint-250" not in seen[0]  # other settings' checkpoint is not resumed from
+
+
+def _record(fingerprint="abc", main=0.9, varied=0.8):
+    return {"recipe_fingerprint": fingerprint, "seeds": {"clip": 0},
+            "shapes_bench": {"main": {"accuracy": main}, "varied": {"accuracy": varied}}}
+
+
+def test_compare_records_names_what_differs():
+    assert compare_records(_record(), _record(main=0.91, varied=0.78)) == []
+    problems = compare_records(_record(fingerprint="def", main=0.8), _record())
+    assert len(problems) == 2
+    assert "recipe fingerprint def" in problems[0] and "90.0%" in problems[1] and "main" in problems[1]
+    missing = _record()
+    del missing["shapes_bench"]["varied"]
+    assert compare_records(missing, _record()) == ["shapes-bench varied: no result in the rebuild's record"]
+
+
+def test_build_record_and_bench_results_land_in_the_model_folder(tmp_path):
+    import json
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    log = {name: {"fingerprint": f"fp-{name}", "seconds": 2.0} for name in ("world", "tokenizer", "stage2")}
+    log["tokenizer"]["skipped"] = True
+    record = build_record(PRESETS["ci"], log, tmp_path)
+    assert record["recipe_fingerprint"] == "fp-stage2" and record["build_seconds"] == 6.0
+    assert record["resumed_steps"] == ["tokenizer"] and record["machine"]["cores"] >= 1
+    assert len(record["weights_sha256"]) == 64
+    (tmp_path / "build_log.json").write_text(json.dumps({"record": record}))
+    add_bench(tmp_path, "main", {"accuracy": 0.5, "questions": 4, "scenes": 1,
+                                 "by_kind": {"count": {"accuracy": 0.5, "n": 4}}})
+    assert read_record(tmp_path)["shapes_bench"]["main"] == {"accuracy": 0.5, "questions": 4, "scenes": 1,
+                                                              "by_kind": {"count": 0.5}}
+
+
+def test_check_refuses_to_compare_a_model_with_itself(tmp_path, capsys):
+    import pytest
+
+    from train.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["default-model", "--out", str(tmp_path), "--check", str(tmp_path), "--no-bench"])
+    assert exc.value.code == 2 and "give --out another folder" in capsys.readouterr().err
+
+
+def test_world_images_killed_mid_write_are_redrawn_on_the_rerun(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from train.builtin.world_data import WorldDataConfig, write_world_data
+
+    real_save, calls = Image.Image.save, []
+
+    def dying_save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 3:  # the build is killed while the third picture is half on disk
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG\r\n")
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+
+    cfg = WorldDataConfig(scenes=5)
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    try:
+        write_world_data(tmp_path, cfg)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    write_world_data(tmp_path, cfg)  # the rerun (the step keeps its folder to resume)
+    for seed in range(5):
+        with Image.open(tmp_path / "images" / f"scene-{seed}.png") as image:
+            image.load()

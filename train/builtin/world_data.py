@@ -52,8 +52,10 @@ def write_world_data(out: str | Path, cfg: WorldDataConfig = WorldDataConfig()) 
         scene = make_scene(seed, cfg.world)
         image = f"images/scene-{seed}.png"
         path = out / image
-        if not path.is_file():
-            scene.render().save(path)
+        if not path.is_file():  # written whole or not at all: a rerun after a kill skips only complete files
+            tmp = path.with_name(path.name + ".tmp")
+            scene.render().save(tmp, format="PNG")
+            tmp.replace(path)
         rng = random.Random(seed)
         context = scene_context(scene, image)
         for j, caption in enumerate(context.captions):
