@@ -4,8 +4,9 @@
     llava-train assemble --vision CLIP --llm LLM --out DIR  CLIP + LLM + projector
     llava-train stage1 --preset llava15-stage1 --model DIR --data JSON --image-root DIR --output-dir OUT
     llava-train stage2 --preset llava15-stage2 ...           (--lora-r 128 for LoRA)
-    llava-train default-model [--preset default|ci]         the built-in model, from nothing
+    llava-train default-model [--check models/default]      rebuild the built-in model from nothing
     llava-train bench --serve stage2=models/default         shapes-bench through our server
+    llava-train probe --model models/default                what its vision tokens carry (probes)
     llava-train presets                                     what each preset sets
 
 Stages run under ``torchrun`` unchanged (``torchrun --nproc_per_node 8 -m train stage2 ...``).
@@ -18,6 +19,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 from train.llava.config import PRESETS, StageConfig, with_overrides
 
@@ -75,17 +77,52 @@ def _assemble(args: argparse.Namespace) -> None:
 
 def _default_model(args: argparse.Namespace) -> None:
     from train.builtin.recipe import PRESETS as RECIPES
-    from train.builtin.recipe import build
+    from train.builtin.recipe import build, compare_records, read_record
 
-    cfg = dataclasses.replace(RECIPES[args.preset], threads=args.threads, progress=not args.no_progress)
-    build(args.out, cfg, args.work_dir)
-    print(f"built {args.out}")
+    if args.check and Path(args.check).resolve() == Path(args.out).resolve():
+        raise ValueError("--check compares a rebuild with the shipped model: give --out another folder")
+    if not args.record_only:
+        cfg = dataclasses.replace(RECIPES[args.preset], threads=args.threads, progress=not args.no_progress)
+        build(args.out, cfg, args.work_dir)
+        print(f"built {args.out}")
+    if args.bench:
+        _bench_into_record(args.out, args.bench_scenes)
+    if args.check:
+        problems = compare_records(read_record(args.out), read_record(args.check))
+        for line in problems:
+            print(f"differs from {args.check}: {line}")
+        if problems:
+            raise SystemExit(1)
+        print(f"{args.out} reproduces {args.check}")
+
+
+def _bench_into_record(model_dir: str, scenes: int) -> None:
+    """shapes-bench (both splits) through our server on the built model, kept in its record."""
+    from server.child_process import running_server
+    from train.builtin import shapes_bench
+    from train.builtin.recipe import add_bench
+
+    with running_server(model_dir, "--served-model-name", "default") as (base, _):
+        for split in sorted(shapes_bench.SPLITS):
+            report = shapes_bench.run(f"{base}/v1", "default", scenes, split=split)
+            add_bench(model_dir, split, report)
+            print(f"shapes-bench {split}: {report['accuracy']:.1%} "
+                  + ", ".join(f"{k} {v['accuracy']:.0%}" for k, v in report["by_kind"].items()))
 
 
 def _bench(args: argparse.Namespace) -> None:
     from train.bench_cli import run_bench
 
     run_bench(args)
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from train.builtin.probe import ProbeConfig, markdown, run_probe
+
+    report = run_probe(ProbeConfig(args.model, args.train_scenes, args.test_scenes, args.split, args.after_projector))
+    print(markdown(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
 
 
 def _presets(_: argparse.Namespace) -> None:
@@ -119,8 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_stage_flags(p)
         p.set_defaults(func=lambda a, s=stage: _stage(a, s))
     p = sub.add_parser("default-model", help="build the built-in default model from nothing")
-    p.add_argument("--out", default="models/default")
+    p.add_argument("--out", default="models/default-rebuild",
+                   help="where the model goes (not models/default: a rebuild never replaces the shipped model)")
     p.add_argument("--preset", default="default", choices=["default", "ci"])
+    p.add_argument("--check", metavar="SHIPPED", help="compare the build's record with this model's (exit 1 if differ)")
+    p.add_argument("--no-bench", dest="bench", action="store_false",
+                   help="skip shapes-bench through our server after the build (its result goes in the record)")
+    p.add_argument("--bench-scenes", type=int, default=100)
+    p.add_argument("--record-only", action="store_true", help="do not build: bench and/or check OUT as it is")
     p.add_argument("--work-dir", help="intermediate outputs (default OUT.work); reruns resume from it")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -130,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(p)
     p.set_defaults(func=_bench)
+    p = sub.add_parser("probe", help="what a model's vision tokens carry: linear/MLP probes on the world's objects")
+    p.add_argument("--model", required=True, help="a LLaVA model directory (e.g. models/default)")
+    p.add_argument("--train-scenes", type=int, default=2000)
+    p.add_argument("--test-scenes", type=int, default=200)
+    p.add_argument("--split", default="main", choices=["main", "varied"])
+    p.add_argument("--after-projector", action="store_true", help="probe the projector's output, not the tower's")
+    p.add_argument("--out", help="also write the report as JSON here")
+    p.set_defaults(func=_probe)
     sub.add_parser("presets", help="print the presets").set_defaults(func=_presets)
     from train.datagen.cli import add_parsers as add_datagen
     from train.eval.cli import add_parsers as add_eval
