@@ -132,3 +132,17 @@ def test_world_images_killed_mid_write_are_redrawn_on_the_rerun(tmp_path, monkey
     for seed in range(5):
         with Image.open(tmp_path / "images" / f"scene-{seed}.png") as image:
             image.load()
+
+
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(tmp_path, capsys):
+    import pytest
+    import torch
+
+    from train.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    with pytest.raises(SystemExit) as exc:
+        main(["default-model", "--out", str(tmp_path / "m"), "--device", "cuda", "--no-bench"])
+    assert exc.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "m.work").exists()

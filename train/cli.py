@@ -82,7 +82,8 @@ def _default_model(args: argparse.Namespace) -> None:
     if args.check and Path(args.check).resolve() == Path(args.out).resolve():
         raise ValueError("--check compares a rebuild with the shipped model: give --out another folder")
     if not args.record_only:
-        cfg = dataclasses.replace(RECIPES[args.preset], threads=args.threads, progress=not args.no_progress)
+        cfg = dataclasses.replace(RECIPES[args.preset], threads=args.threads, progress=not args.no_progress,
+                                  device=args.device)
         build(args.out, cfg, args.work_dir)
         print(f"built {args.out}")
     if args.bench:
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-only", action="store_true", help="do not build: bench and/or check OUT as it is")
     p.add_argument("--work-dir", help="intermediate outputs (default OUT.work); reruns resume from it")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda: the same recipe on a GPU (weights differ in the "
+                   "last bits from a CPU build; --check compares the recipe and the scores, not the bits)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_default_model)
     p = sub.add_parser("bench", help="shapes-bench through an OpenAI-compatible server (ours by default)")

@@ -111,7 +111,7 @@ def _cosine(step: int, total: int, warmup: int) -> float:
 
 
 def _fit(model, loss_fn, steps: int, lr: float, weight_decay: float, bf16: bool, desc: str,
-         progress: bool) -> list[float]:
+         progress: bool, device: str = "cpu") -> list[float]:
     """AdamW with warm-up and cosine decay on ``loss_fn(step)``; bf16 autocast on the CPU."""
     from tqdm.auto import tqdm
 
@@ -121,7 +121,7 @@ def _fit(model, loss_fn, steps: int, lr: float, weight_decay: float, bf16: bool,
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * _cosine(step, steps, max(1, steps // 20))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # the tiny models train on the CPU
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,7 +135,7 @@ def _fit(model, loss_fn, steps: int, lr: float, weight_decay: float, bf16: bool,
 
 
 def train_clip(pixels: torch.Tensor, captions: list[list[str]], tokenizer, cfg: ClipConfig, out: Path,
-               progress: bool = True, groups: list[list[int]] | None = None) -> list[float]:
+               progress: bool = True, groups: list[list[int]] | None = None, device: str = "cpu") -> list[float]:
     """Contrastive CLIP on (image, one of its captions) pairs; saves a ``CLIPModel`` to ``out``.
 
     ``groups`` (lists of image indices, e.g. a scene and its near-twins) enter a batch
@@ -175,11 +175,12 @@ def train_clip(pixels: torch.Tensor, captions: list[list[str]], tokenizer, cfg: 
             idx = rng.sample(range(len(captions)), cfg.batch)
         texts = [rng.choice(captions[i]) + "</s>" for i in idx]
         enc = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
-        return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                     pixel_values=pixels[idx].float(), return_loss=True).loss
+        return model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                     pixel_values=pixels[idx].float().to(device), return_loss=True).loss
 
-    losses = _fit(model, loss, cfg.steps, cfg.lr, 0.05, cfg.bf16, "clip", progress)
-    model.eval().save_pretrained(out)
+    model.to(device)
+    losses = _fit(model, loss, cfg.steps, cfg.lr, 0.05, cfg.bf16, "clip", progress, device)
+    model.cpu().eval().save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": cfg.image_size},
         "crop_size": {"height": cfg.image_size, "width": cfg.image_size}, "do_resize": True,
@@ -200,7 +201,8 @@ def lm_texts(conversations: list[list[dict]], captions: list[str], chat_format: 
     return out
 
 
-def train_lm(texts: list[str], tokenizer, cfg: LmConfig, out: Path, progress: bool = True) -> list[float]:
+def train_lm(texts: list[str], tokenizer, cfg: LmConfig, out: Path, progress: bool = True,
+             device: str = "cpu") -> list[float]:
     """A Llama-architecture causal LM trained on ``texts``; saved with its tokenizer to ``out``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -218,11 +220,13 @@ def train_lm(texts: list[str], tokenizer, cfg: LmConfig, out: Path, progress: bo
     def loss(step: int) -> torch.Tensor:
         batch = [texts[i] for i in rng.sample(range(len(texts)), cfg.batch)]
         enc = tokenizer(batch, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
         return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
 
-    losses = _fit(model, loss, cfg.steps, cfg.lr, 0.01, cfg.bf16, "lm", progress)
-    model.eval().save_pretrained(out)
+    model.to(device)
+    losses = _fit(model, loss, cfg.steps, cfg.lr, 0.01, cfg.bf16, "lm", progress, device)
+    model.cpu().eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return losses

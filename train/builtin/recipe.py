@@ -50,6 +50,7 @@ class RecipeConfig:
                                       save_every=250, keep_checkpoints=2)
     threads: int = 0  # torch threads (0: leave torch's default)
     progress: bool = True
+    device: str = "cpu"  # cpu | cuda (| cuda:N): where CLIP, the LLM and the stages train; not in any fingerprint
     extra: dict = field(default_factory=dict)
 
 
@@ -117,6 +118,10 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: torch sees no CUDA device here")
+    if not cfg.device.startswith(("cpu", "cuda")):
+        raise ValueError(f"--device {cfg.device!r}: expected cpu or cuda")
     out = Path(out_dir)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -155,13 +160,13 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
             scenes += family
         pixels = _pixels([s.render() for s in scenes], cfg.clip.image_size)
         captions = [s.layout_captions() if cfg.clip.captions == "layout" else s.captions() for s in scenes]
-        losses = train_clip(pixels, captions, tokenizer, cfg.clip, path, cfg.progress, groups)
+        losses = train_clip(pixels, captions, tokenizer, cfg.clip, path, cfg.progress, groups, cfg.device)
         return {"images": len(scenes), "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
     fp_clip = _step("clip", work / "clip", log, clip_step, _fingerprint(fp_tok, cfg.clip))
 
     def lm_step(path: Path) -> dict:
-        losses = train_lm(texts, tokenizer, cfg.lm, path, cfg.progress)
+        losses = train_lm(texts, tokenizer, cfg.lm, path, cfg.progress, cfg.device)
         return {"first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
     fp_lm = _step("lm", work / "lm", log, lm_step, _fingerprint(fp_tok, cfg.lm))
@@ -180,7 +185,7 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
         def run(path: Path) -> dict:
             full = replace(stage_cfg, model=str(model_dir), data=str(data / data_file), image_root=str(data),
                            output_dir=str(path / "run"), progress=cfg.progress)
-            result = train_stage(full, export_dir=path / "model")
+            result = train_stage(full, export_dir=path / "model", force_cpu=not cfg.device.startswith("cuda"))
             shutil.rmtree(path / "run" / f"checkpoint-{result['steps']}", ignore_errors=True)
             return result
         return _step(name, work / name, log, run, _fingerprint(upstream, stage_cfg))
@@ -234,7 +239,7 @@ def build_record(cfg: RecipeConfig, log: dict, model_dir: Path) -> dict:
         "step_seconds": {k: log[k].get("seconds") for k in steps},
         "build_seconds": round(sum(log[k].get("seconds") or 0 for k in steps), 1),
         "resumed_steps": [k for k in steps if log[k].get("skipped")],
-        "machine": machine(),
+        "machine": machine() | {"device": cfg.device},
         "weights_sha256": _digest(model_dir / "model.safetensors"),
     }
 

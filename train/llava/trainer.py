@@ -31,7 +31,7 @@ from train.llava.optim import build_optimizer, cosine_with_warmup, prepare_train
 MAX_MISMATCH_RATIO = 0.01
 
 
-def _accelerator(cfg: StageConfig):
+def _accelerator(cfg: StageConfig, force_cpu: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import FullyShardedDataParallelPlugin
 
@@ -49,7 +49,8 @@ def _accelerator(cfg: StageConfig):
 
     AcceleratorState._reset_state()
     # cpu=True is what makes accelerate pick gloo for a torchrun launch on a machine without GPUs.
-    return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", fsdp_plugin=fsdp, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", fsdp_plugin=fsdp,
+                       cpu=force_cpu or not torch.cuda.is_available())
 
 
 def _rank_batches(n: int, cfg: StageConfig, world: int, rank: int, steps: int, steps_per_epoch: int):
@@ -124,7 +125,7 @@ def _image_config(model_dir: str, image_size: int):
     return ImageProcessingConfig.from_hf_dict(raw, image_size=image_size), raw
 
 
-def train_stage(cfg: StageConfig, export_dir: str | Path | None = None) -> dict:
+def train_stage(cfg: StageConfig, export_dir: str | Path | None = None, force_cpu: bool = False) -> dict:
     """Train one stage; export the result to ``export_dir`` (default ``<output_dir>/final``)."""
     from tqdm.auto import tqdm
 
@@ -133,7 +134,7 @@ def train_stage(cfg: StageConfig, export_dir: str | Path | None = None) -> dict:
 
     if not (Path(cfg.model) / "config.json").is_file():
         raise ValueError(f"--model {cfg.model}: no config.json; expected a LLaVA checkpoint (llava-train assemble)")
-    acc = _accelerator(cfg)
+    acc = _accelerator(cfg, force_cpu)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
