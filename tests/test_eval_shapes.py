@@ -65,3 +65,29 @@ def test_data_url_round_trips_the_image():
     assert url.startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert decoded.tobytes() == image.tobytes() and decoded.size == image.size
+
+
+def test_bench_runner_and_harness_task_agree_and_splits_differ(tmp_path):
+    from train.builtin.shapes_bench import run
+
+    items = bench_items(3, FIRST_SEED)
+    script = {"rules": [{"match": items[0].question, "reply": f"{items[0].answer}"}]}
+    with running_standin(tmp_path, script) as standin:
+        main = run(standin.base_url, "standin", 3, concurrency=2)
+        varied = run(standin.base_url, "standin", 3, concurrency=2, split="varied")
+
+        async def task():
+            async with ChatClient(EndpointConfig(base_url=standin.base_url, backoff_s=0.01)) as client:
+                return await run_eval_task(client, 3)
+
+        harness = asyncio.run(task())
+        asked = standin.requests()
+    assert main["questions"] == len(items) and main["failed_calls"] == 0 and main["split"] == "main"
+    assert round(100 * main["accuracy"], 2) == harness.summary["accuracy"]  # one transport, one scorer
+    assert all(r["max_tokens"] == 12 for r in asked[:len(items)])
+    from train.builtin.shapes_bench import SPLITS
+
+    held_out = bench_items(3, FIRST_SEED, SPLITS["varied"])
+    assert varied["split"] == "varied"
+    assert [(r["question"], r["answer"]) for r in varied["rows"]] == [(i.question, i.answer) for i in held_out]
+    assert held_out[0].image.tobytes() != items[0].image.tobytes()  # the same seed drawn the other way

@@ -9,7 +9,6 @@ first answer word it contains from the question's answer set, so "2", "two" and
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,17 +69,21 @@ def is_correct(reply: str, answer: str) -> bool:
     return bool(found) and min(found)[2] == answer
 
 
-def ask(client, model: str, item: BenchItem, max_tokens: int = 12) -> str:
-    reply = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_url(item.image)}},
-            {"type": "text", "text": item.question},
-        ]}],
-        max_tokens=max_tokens,
-        temperature=0,
-    )
-    return reply.choices[0].message.content or ""
+async def ask_all(client, items: list[BenchItem]) -> list[tuple[str | None, str | None]]:
+    """(reply, error) per item, one of the two None: every question through ``client`` (a
+    ``train.eval.client.ChatClient``: its retries, backoff and concurrency apply), greedy."""
+    import asyncio
+
+    from train.eval.client import ChatError, user_message
+
+    async def one(item: BenchItem) -> tuple[str | None, str | None]:
+        try:
+            result = await client.chat([user_message(item.question, data_url(item.image))], temperature=0.0)
+        except ChatError as exc:
+            return None, str(exc)
+        return result.text, None
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 def summarise(items: list[BenchItem], replies: list[str]) -> dict:
@@ -103,20 +106,29 @@ def summarise(items: list[BenchItem], replies: list[str]) -> dict:
 
 
 def run(base_url: str, model: str, n_scenes: int = 100, first_seed: int = FIRST_SEED,
-        concurrency: int = 8, api_key: str = "none", split: str = "main") -> dict:
-    """Ask every question of ``n_scenes`` held-out scenes through an OpenAI-compatible server."""
-    from openai import OpenAI
+        concurrency: int = 8, api_key: str = "none", split: str = "main", max_tokens: int = 12) -> dict:
+    """Ask every question of ``n_scenes`` held-out scenes through an OpenAI-compatible server
+    (``llava-train bench``); a call that fails for good scores as wrong and is counted."""
+    import asyncio
+
+    from train.eval.client import ChatClient, EndpointConfig
 
     if first_seed < FIRST_SEED:
         raise ValueError(f"shapes-bench seeds start at {FIRST_SEED}; lower seeds are training seeds")
-    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=120)
     if split not in SPLITS:
         raise ValueError(f"unknown shapes-bench split {split!r}; known: {sorted(SPLITS)}")
     items = bench_items(n_scenes, first_seed, SPLITS[split])
-    with ThreadPoolExecutor(concurrency) as pool:
-        replies = list(pool.map(lambda it: ask(client, model, it), items))
-    report = summarise(items, replies)
-    report.update(model=model, base_url=base_url, scenes=n_scenes, first_seed=first_seed, split=split)
+    endpoint = EndpointConfig(base_url=base_url, model=model, api_key=api_key, concurrency=concurrency,
+                              max_tokens=max_tokens, max_retries=2)
+
+    async def go():
+        async with ChatClient(endpoint) as client:
+            return await ask_all(client, items)
+
+    answers = asyncio.run(go())
+    report = summarise(items, [reply or "" for reply, _ in answers])
+    report.update(model=model, base_url=base_url, scenes=n_scenes, first_seed=first_seed, split=split,
+                  failed_calls=sum(error is not None for _, error in answers))
     return report
 
 
@@ -149,32 +161,21 @@ def item_dict(item: BenchItem) -> dict:
 
 
 async def run_eval_task(client, n_scenes: int, first_seed: int | None = None):
-    """shapes-bench as a task of the eval harness (``llava-train eval shapes``): a ``TaskReport``.
+    """shapes-bench as a task of the eval harness (``llava-train eval shapes``): a ``TaskReport``,
+    from the same questions, transport (``ask_all``) and scorer (``summarise``) as ``run``.
 
     ``client`` is a ``train.eval.client.ChatClient`` (its retries and concurrency apply); give
     it a small ``max_tokens``, short answers are expected (the CLI's default is 16). Replies
     are scored by ``summarise``, as ``run``'s are; a call that fails for good scores as wrong
     and is counted in ``failed_calls``.
     """
-    import asyncio
-
-    from train.eval.client import ChatError, user_message
     from train.eval.report import Table, TaskReport
 
     first = FIRST_SEED if first_seed is None else first_seed
     if first < FIRST_SEED:
         raise ValueError(f"shapes-bench seeds start at {FIRST_SEED}; lower seeds are training seeds")
     items = bench_items(n_scenes, first)
-
-    async def one(item: BenchItem) -> tuple[str | None, str | None]:
-        """(reply, error): one of the two is None."""
-        try:
-            result = await client.chat([user_message(item.question, data_url(item.image))], temperature=0.0)
-        except ChatError as exc:
-            return None, str(exc)
-        return result.text, None
-
-    answers = await asyncio.gather(*(one(item) for item in items))
+    answers = await ask_all(client, items)
     scored = summarise(items, [reply or "" for reply, _ in answers])
     rows = [{**row, "reply": reply, "error": error}
             for row, (reply, error) in zip(scored["rows"], answers, strict=True)]
