@@ -221,7 +221,8 @@ def train_stage(cfg: StageConfig, export_dir: str | Path | None = None, force_cp
             _save(acc, out, step + 1, cfg.keep_checkpoints, {"scheduler": scheduler.state_dict()})
     bar.close()
     digests = _rank_digests(acc, model)
-    result = {"steps": total, "final_loss": loss_value, "samples": len(ds), "mismatches": ds.mismatches.count,
+    result = {"steps": total, "resumed_from_step": start, "final_loss": loss_value, "samples": len(ds),
+              "mismatches": ds.mismatches.count,
               "processes": world, "rank_weight_digests": digests}
     if len(set(digests)) != 1:
         raise RuntimeError(f"processes ended with different weights: {digests}")
