@@ -16,15 +16,16 @@ COPY llava_model ./llava_model
 COPY kernels ./kernels
 COPY server ./server
 COPY train ./train
+COPY models/default /models/default
 
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" ".[${EXTRAS}]" \
  && if [ "${EXTRAS}" = "cpu" ]; then pip uninstall -y torchvision torchaudio torchcodec; fi
 
-# Mount a model directory (llava-hf layout) at /models/model; every flag of
-# llava-serve can also be set as LLAVA_<FLAG>. The server listens on 0.0.0.0 here, so it
+# Serves the built-in model by default; to serve another, mount its directory (llava-hf
+# layout) and point LLAVA_MODEL at it. Every flag of llava-serve can also be set as LLAVA_<FLAG>. The server listens on 0.0.0.0 here, so it
 # refuses to start without a key: docker run -e LLAVA_API_KEY=secret ... (or
 # -e LLAVA_ALLOW_UNAUTHENTICATED=1 behind a proxy that checks access).
-ENV LLAVA_MODEL=/models/model \
+ENV LLAVA_MODEL=/models/default \
     LLAVA_HOST=0.0.0.0 \
     LLAVA_PORT=8000 \
     LLAVA_KV_CACHE_GB=4

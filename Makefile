@@ -30,15 +30,17 @@ test: install
 soak: install
 	$(PY) -m tests.soak --seconds 300
 
-serve: install $(if $(MODEL),,model)
-	$(PY) -m server $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT)
+# Serves the built-in model the repository ships in models/default (or MODEL); file:// image
+# URLs may point below examples/.
+serve: install
+	$(PY) -m server $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT) \
+		--allowed-local-image-dir examples
 
-# The built-in default model, trained here from nothing (deterministic; about 15 min on 2 cores).
-# An interrupted build resumes from models/default.work.
-models/default/config.json: | install
-	$(PY) -m train default-model --out models/default
-
-model: models/default/config.json
+# Rebuilds the built-in model from nothing into models/default-rebuild (never over the shipped
+# one), scores it with shapes-bench and compares its record with models/default's. Deterministic;
+# an interrupted build resumes from models/default-rebuild.work.
+model: install
+	$(PY) -m train default-model --out models/default-rebuild --check models/default
 
 serve-tiny: tiny-model
 	$(PY) -m server --model models/tiny --served-model-name tiny --host $(HOST) --port $(PORT) \
@@ -61,4 +63,4 @@ bench: install baseline
 	$(PY) -m benchmarks.serving.run --config small --vllm-client
 
 clean:
-	rm -rf $(VENV) models/tiny models/bench models/default models/default.work
+	rm -rf $(VENV) models/tiny models/bench models/default-rebuild models/default-rebuild.work

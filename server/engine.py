@@ -47,10 +47,9 @@ def check_model_dir(settings: ServerSettings) -> None:
     if not (path / "config.json").is_file():
         if settings.model is None:
             raise ModelMissingError(
-                f"no model given and the built-in default model is not at {path}/. "
-                "Build it with `make model` (or `llava-train default-model --out models/default`; "
-                "`make serve` does this for you), or serve a model directory (llava-hf layout) "
-                "with --model DIR or LLAVA_MODEL=DIR."
+                f"no model given and the built-in default model is not at {path}/ (the repository "
+                "ships it there; run from the repository's root, or restore it with `git checkout models/default`), "
+                "or serve a model directory (llava-hf layout) with --model DIR or LLAVA_MODEL=DIR."
             )
         raise ModelMissingError(f"--model {path}: no config.json there; expected a llava-hf model directory")
 
