@@ -176,11 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(p)
     p.set_defaults(func=_bench)
+    from train.builtin.shapes_bench import SPLITS as BENCH_SPLITS
+
     p = sub.add_parser("probe", help="what a model's vision tokens carry: linear/MLP probes on the world's objects")
     p.add_argument("--model", required=True, help="a LLaVA model directory (e.g. models/default)")
     p.add_argument("--train-scenes", type=int, default=2000)
     p.add_argument("--test-scenes", type=int, default=200)
-    p.add_argument("--split", default="main", choices=["main", "varied"])
+    p.add_argument("--split", default="main", choices=sorted(BENCH_SPLITS))
     p.add_argument("--after-projector", action="store_true", help="probe the projector's output, not the tower's")
     p.add_argument("--out", help="also write the report as JSON here")
     p.set_defaults(func=_probe)

@@ -9,7 +9,6 @@ there at all. This is the measurement behind the built-in model's analysis in th
 (e.g. CLIP's default position embeddings: row at chance; ``position_std=1.0``: 100 %).
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +34,10 @@ class ProbeConfig:
 def _load(model_dir: str):
     from transformers import LlavaForConditionalGeneration
 
-    from llava_model.image_processing import ImageProcessingConfig
+    from train.llava.trainer import _image_config
 
     model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    path = Path(model_dir) / "preprocessor_config.json"
-    raw = json.loads(path.read_text()) if path.is_file() else {}
-    image_cfg = ImageProcessingConfig.from_hf_dict(raw, image_size=model.config.vision_config.image_size)
+    image_cfg, _ = _image_config(model_dir, model.config.vision_config.image_size)  # as training reads it
     return model, image_cfg
 
 
