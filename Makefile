@@ -13,7 +13,7 @@ MODEL ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test soak serve model serve-tiny demo tiny-model bench baseline clean
+.PHONY: install test soak serve model serve-tiny demo tiny-model bench baseline llamacpp clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ demo: tiny-model
 # The serving benchmark of the README table (small config; needs the ~6 GB baseline venv).
 baseline:
 	bash benchmarks/serving/baseline_venv.sh
+
+# llama.cpp's native server for the llamacpp contenders, built from llama-cpp-python's sdist into
+# .llamacpp/ (with a small venv for the GGUF conversion beside the main one).
+llamacpp: install
+	bash benchmarks/serving/llamacpp_venv.sh
 
 bench: install baseline
 	$(PY) -m benchmarks.serving.run --config small --vllm-client
