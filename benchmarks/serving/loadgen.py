@@ -42,6 +42,10 @@ class LoadConfig:
     warmup: int = 2
     seed: int = 0
     timeout_s: float = 600.0
+    # False: a new connection per request. llama-server (llama.cpp, as built by llamacpp_venv.sh)
+    # closes a kept-alive connection after a streamed response while advertising keep-alive, so a
+    # reused connection fails now and then ("Server disconnected without sending a response").
+    keepalive: bool = True
 
 
 @dataclass
@@ -175,7 +179,8 @@ def summarize(cfg: LoadConfig, results: list[Result], duration: float) -> dict:
 async def run_load(cfg: LoadConfig) -> dict:
     bodies = build_requests(cfg, cfg.num_requests)
     warm = build_requests(cfg, cfg.warmup, offset=10_000_000)
-    limits = httpx.Limits(max_connections=max(cfg.concurrency or 0, 256))
+    limits = httpx.Limits(max_connections=max(cfg.concurrency or 0, 256),
+                          **({} if cfg.keepalive else {"max_keepalive_connections": 0}))
     async with httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits) as client:
         if warm:
             await _closed_loop(client, LoadConfig(**{**asdict(cfg), "concurrency": len(warm)}), warm)

@@ -33,6 +33,7 @@ class MultiTurnConfig:
     output_tokens: int = 32  # per assistant turn
     seed: int = 0
     timeout_s: float = 600.0
+    keepalive: bool = True  # False: a new connection per request (see LoadConfig.keepalive)
 
 
 def _body(cfg: MultiTurnConfig, messages: list[dict]) -> dict:
@@ -51,7 +52,8 @@ async def run_multiturn(cfg: MultiTurnConfig) -> dict:
     ttfts: list[list[float]] = [[] for _ in range(cfg.turns)]
     prompts: list[list[int]] = [[] for _ in range(cfg.turns)]
     errors: list[str] = []
-    async with httpx.AsyncClient(timeout=cfg.timeout_s) as client:
+    limits = httpx.Limits(**({} if cfg.keepalive else {"max_keepalive_connections": 0}))
+    async with httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits) as client:
         for conversation in range(cfg.conversations):
             image = {"type": "image_url", "image_url": {"url": _image_url(load, 7_000_000 + cfg.seed * 1000 + conversation)}}
             history: list[dict] = []
