@@ -20,7 +20,7 @@ def _row(run: dict) -> dict:
 
 
 def ratios(runs: list[dict], level: int = 16) -> dict[str, float]:
-    """The goal ratios at one concurrency: ours vs vLLM's built-in and vs the HF worker."""
+    """The goal ratios at one concurrency: ours vs vLLM's built-in, the HF worker and llama.cpp."""
     at = {r["contender"]: r for r in runs if r["mode"] == "concurrency" and r["level"] == level}
     out = {}
     if "ours" in at and "vllm" in at and at["vllm"]["requests_per_s"]:
@@ -28,6 +28,10 @@ def ratios(runs: list[dict], level: int = 16) -> dict[str, float]:
         out["p99 TTFT ours / vllm"] = at["ours"]["ttft_s"]["p99"] / max(at["vllm"]["ttft_s"]["p99"], 1e-9)
     if "ours" in at and "hf" in at and at["hf"]["requests_per_s"]:
         out["req/s ours / hf"] = at["ours"]["requests_per_s"] / at["hf"]["requests_per_s"]
+    for other in ("llamacpp", "llamacpp-q8"):
+        if "ours" in at and other in at and at[other]["requests_per_s"]:
+            out[f"req/s ours / {other}"] = at["ours"]["requests_per_s"] / at[other]["requests_per_s"]
+            out[f"p99 TTFT ours / {other}"] = at["ours"]["ttft_s"]["p99"] / max(at[other]["ttft_s"]["p99"], 1e-9)
     return out
 
 

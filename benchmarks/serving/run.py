@@ -5,8 +5,11 @@
 
 Contenders: ``ours`` (llava-serve), ``vllm`` (vLLM's own OpenAI server and built-in
 LLaVA, from the baseline venv made by baseline_venv.sh), ``hf`` (per-request
-transformers worker). Writes ``<out>.json``, ``<out>.md`` and ``<out>.png``; with
-``--vllm-client`` also runs vLLM's own benchmark client against ours as a cross-check.
+transformers worker), ``llamacpp`` / ``llamacpp-q8`` (llama.cpp's native server, built from
+llama-cpp-python's sdist by llamacpp_venv.sh, on the same checkpoint converted to GGUF by
+gguf.py: LLM weights in ``--dtype`` (bf16 or f16) or q8_0, the vision tower in f16).
+Writes ``<out>.json``, ``<out>.md`` and ``<out>.png``; with ``--vllm-client`` also runs
+vLLM's own benchmark client against ours as a cross-check.
 """
 
 import argparse
@@ -17,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +31,72 @@ from benchmarks.serving.multiturn import MultiTurnConfig, run_multiturn
 from benchmarks.serving.models import CONFIGS, ensure_model
 from benchmarks.serving.report import write_report
 from kernels.ceiling import ceilings
-from llava_model.chat_format import chat_template
+from llava_model.chat_format import IMAGE, chat_template
 
+CONTENDERS = ["ours", "vllm", "hf", "llamacpp", "llamacpp-q8"]
 BASELINE_PYTHON = Path(".venv-baseline/bin/python")
+LLAMA_SERVER = Path(".llamacpp/bin/llama-server")
+LLAMACPP_PYTHON = Path(".llamacpp/venv/bin/python")
+GGUF_TYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 
 
 @dataclass
 class Contender:
     name: str
-    cmd: list[str]
+    cmd: list[str] | Callable[[], list[str]]  # a callable prepares files first (GGUF conversion)
     env: dict[str, str]
+
+
+def llamacpp_slots(model: Path, args) -> int:
+    """llama-server's --parallel: as many sequences of --max-model-len as the KV-cache budget
+    that ours gets (--kv-cache-gb, f16 cache) holds, at most the 64 of ours and vLLM."""
+    text = json.loads((model / "config.json").read_text())["text_config"]
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    per_token = 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim * 2  # K and V, 2 bytes
+    return max(1, min(64, int(args.kv_cache_gb * 2**30) // (args.max_model_len * per_token)))
+
+
+def ensure_gguf(model: Path, outtype: str) -> tuple[Path, Path]:
+    """The GGUF language model (``outtype``) and mmproj of ``model``, converted (and their
+    tokenisation checked) in the conversion venv on first use."""
+    from benchmarks.serving.gguf import gguf_paths
+
+    llm, mmproj = gguf_paths(model, outtype)
+    if not (llm.is_file() and mmproj.is_file()):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path.cwd()), os.environ.get("PYTHONPATH")]))}
+        subprocess.run([str(LLAMACPP_PYTHON), "-m", "benchmarks.serving.gguf", str(model), "--types", outtype],
+                       env=env, check=True)
+    return llm, mmproj
+
+
+def llamacpp_template(name: str = "vicuna_v1") -> str:
+    """``name`` as a Jinja template for llama-server, rendering the same prompt as ours.
+
+    llama-server hands the template a message with images as one string in which every image
+    is its media marker (pinned to IMAGE through LLAMA_MEDIA_MARKER in the contender's env),
+    glued to the text after it; ours joins a message's parts with newlines. So each marker gets
+    its newline back (images first, as in the load generator's requests and in LLaVA's data)."""
+    template = chat_template(name)
+    plain = "{%- if content is string -%}{{ content }}"
+    if template.count(plain) != 1:
+        raise RuntimeError("chat_format's Jinja layout changed; update llamacpp_template")
+    glued = "{%- if content is string -%}{{ content.replace(" + json.dumps(IMAGE) + ", " + json.dumps(IMAGE + "\n") + ") }}"
+    return template.replace(plain, glued)
+
+
+def llamacpp_cmd(model: Path, outtype: str, served: str, port: int, args, logs: Path) -> list[str]:
+    llm, mmproj = ensure_gguf(model, outtype)
+    slots = llamacpp_slots(model, args)
+    template = logs / "vicuna_v1_llamacpp.jinja"
+    template.write_text(llamacpp_template())
+    return [
+        str(LLAMA_SERVER), "--model", str(llm), "--mmproj", str(mmproj), "--alias", served,
+        "--host", "127.0.0.1", "--port", str(port),
+        # one context of --max-model-len per slot, continuous batching across the slots
+        "--parallel", str(slots), "--ctx-size", str(slots * args.max_model_len), "--cont-batching",
+        "--jinja", "--chat-template-file", str(template),
+        "--no-webui",
+    ]
 
 
 def contenders(model: Path, served: str, port: int, args, vicuna_jinja: Path) -> dict[str, Contender]:
@@ -45,6 +105,7 @@ def contenders(model: Path, served: str, port: int, args, vicuna_jinja: Path) ->
     eager += ["--block-size", str(args.block_size)] if args.block_size else []
     common_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(args.kv_cache_gb)))}
     common_env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    llamacpp_env = {**os.environ, "LLAMA_MEDIA_MARKER": IMAGE}
     return {
         "ours": Contender("ours", [
             sys.executable, "-m", "server", "--model", str(model), "--served-model-name", served,
@@ -62,11 +123,16 @@ def contenders(model: Path, served: str, port: int, args, vicuna_jinja: Path) ->
             sys.executable, "-m", "benchmarks.serving.hf_worker", "--model", str(model),
             "--served-model-name", served, "--port", str(port), "--dtype", args.dtype,
         ], common_env),
+        "llamacpp": Contender("llamacpp", lambda: llamacpp_cmd(
+            model, GGUF_TYPES[args.dtype], served, port, args, vicuna_jinja.parent), llamacpp_env),
+        "llamacpp-q8": Contender("llamacpp-q8", lambda: llamacpp_cmd(
+            model, "q8_0", served, port, args, vicuna_jinja.parent), llamacpp_env),
     }
 
 
 def start(contender: Contender, base: str, log: Path, timeout: float = 600) -> subprocess.Popen:
-    proc = subprocess.Popen(contender.cmd, env=contender.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    cmd = contender.cmd() if callable(contender.cmd) else contender.cmd
+    proc = subprocess.Popen(cmd, env=contender.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -116,7 +182,7 @@ def vllm_client(base: str, served: str, model: Path, args, out_dir: Path) -> dic
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="small", choices=list(CONFIGS))
-    p.add_argument("--contenders", nargs="+", default=["ours", "vllm", "hf"], choices=["ours", "vllm", "hf"])
+    p.add_argument("--contenders", nargs="+", default=["ours", "vllm", "hf"], choices=CONTENDERS)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--rate", type=float, nargs="*", default=[], help="also open-loop runs at these req/s")
     p.add_argument("--num-requests", type=int, default=64)
@@ -153,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
         contender = contenders(model, served, args.port, args, vicuna_jinja)[name]
         if name == "vllm" and not BASELINE_PYTHON.exists():
             raise SystemExit("no baseline venv: run `bash benchmarks/serving/baseline_venv.sh` first")
+        if name.startswith("llamacpp") and not (LLAMA_SERVER.exists() and LLAMACPP_PYTHON.exists()):
+            raise SystemExit("no llama.cpp build: run `bash benchmarks/serving/llamacpp_venv.sh` first")
+        if name == "llamacpp" and args.dtype not in GGUF_TYPES:
+            raise SystemExit(f"--dtype {args.dtype}: the llamacpp contender has GGUF types for {sorted(GGUF_TYPES)}")
         print(f"== {name}: starting", flush=True)
         proc = start(contender, base, logs / f"{name}.log")
         try:
@@ -169,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                     rate=value if mode == "rate" else None, image_size=tuple(args.image_size),
                     image_kind=args.image_kind, images_per_request=tuple(args.images_per_request),
                     input_words=args.input_words, output_tokens=args.output_tokens,
+                    keepalive=not name.startswith("llamacpp"),
                 )
                 summary = asyncio.run(run_load(cfg))
                 summary.update(contender=name, mode=mode, level=value)
@@ -179,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                 # chat-sized turns (MultiTurnConfig's), so four of them fit the context
                 multiturn[name] = asyncio.run(run_multiturn(MultiTurnConfig(
                     base_url=base, model=served, conversations=args.multiturn, image_size=tuple(args.image_size),
-                    image_kind=args.image_kind,
+                    image_kind=args.image_kind, keepalive=not name.startswith("llamacpp"),
                 )))
                 print(f"   multi-turn: TTFT by turn {[round(t, 3) for t in multiturn[name]['ttft_s_by_turn']]} s, "
                       f"turn 2 / turn 1 = {multiturn[name]['turn2_over_turn1']:.2f}", flush=True)
