@@ -63,7 +63,7 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
     """Refuse, by name, what the model's config.json asks for and our model class cannot load:
     its architecture, its vision tower and any quantisation. With ``VLLM_PLUGINS`` leaving out
     ``llava_model`` (vLLM's own LLaVA class) only the architecture is checked."""
-    from llava_model import ARCHITECTURE
+    from llava_model import ARCHITECTURES
 
     path = settings.model_dir() / "config.json"
     try:
@@ -77,13 +77,13 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
     if not architectures or not isinstance(architectures, list):
         raise UnsupportedModelError(
             f"{path} names no model architecture (\"architectures\": {architectures!r}); "
-            f"supported: {ARCHITECTURE}"
+            f"supported: {', '.join(ARCHITECTURES)}"
         )
-    unsupported = [a for a in architectures if a != ARCHITECTURE]
+    unsupported = [a for a in architectures if a not in ARCHITECTURES]
     if unsupported:
         raise UnsupportedModelError(
             f"{path}: architecture {', '.join(map(str, unsupported))} is not supported; "
-            f"this server serves {ARCHITECTURE} (LLaVA) models only"
+            f"this server serves LLaVA models only: {', '.join(ARCHITECTURES)}"
         )
     if not _our_plugin_loads(environ):
         return
@@ -98,6 +98,7 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
                 f"{path}: vision tower model_type {tower!r} is not supported; "
                 f"supported: {', '.join(SUPPORTED_VISION_TOWERS)}"
             )
+    _check_anyres(settings, config, path)
 
     text = config.get("text_config")
     for where, holder in (("quantization_config", config), ("text_config.quantization_config", text)):
@@ -108,6 +109,25 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
                 f"{path}: {where} asks for quantisation method {method!r}, which is not supported; "
                 "supported: none (unquantised float32, bfloat16 or float16 checkpoints)"
             )
+
+
+def _check_anyres(settings: ServerSettings, config: dict, path: Path) -> None:
+    """A LLaVA-NeXT config's grid and preprocessing, checked as the model will read them."""
+    from llava_model.anyres import AnyresLayout, is_anyres
+
+    if not is_anyres(config):
+        return
+    from transformers import AutoConfig
+
+    from llava_model.next_processing import anyres_image_config
+
+    try:
+        hf_config = AutoConfig.from_pretrained(settings.model_dir())
+        AnyresLayout.from_config(hf_config)
+        pre = settings.model_dir() / "preprocessor_config.json"
+        anyres_image_config(json.loads(pre.read_text()) if pre.is_file() else {}, hf_config)
+    except (ValueError, OSError) as exc:
+        raise UnsupportedModelError(f"{path}: LLaVA-NeXT settings cannot be served: {exc}") from None
 
 
 def is_cpu_engine() -> bool:
