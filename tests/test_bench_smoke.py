@@ -87,3 +87,17 @@ def test_flops_count_every_weight_of_the_model(tmp_path):
     patch = tower.embeddings.patch_embedding.weight.numel()
     scores = spec.vision_layers * 4 * tokens * tokens * spec.vision_hidden
     assert vision_flops(config) == 2 * tokens * tower_matrices + scores + 2 * (tokens - 1) * (projector + patch)
+
+
+def test_profile_smoke():
+    """The in-process profile of ours runs and accounts for every part."""
+    cmd = [sys.executable, "-m", "benchmarks.serving.profile", "--config", "tiny", "--concurrency", "2",
+           "--num-requests", "4", "--output-tokens", "4", "--eager", "--dtype", "float32"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    parts = {row.split(" | ")[0].lstrip("| ") for row in rows}
+    assert {"vision tower", "projector", "LLM, decode-only steps", "LLM, steps with prefill", "logits",
+            "preprocessing (our processor)"} <= parts
+    calls = {row.split(" | ")[0].lstrip("| "): row.split(" | ")[3].rstrip(" |") for row in rows}
+    assert calls["preprocessing (our processor)"] == "4"  # one per distinct image, none from the warm-up's
