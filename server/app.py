@@ -79,6 +79,10 @@ def build_app(settings: ServerSettings, engine_context=None) -> FastAPI:
     errors.install(app)
     app.include_router(chat_router)
     app.include_router(ops_router)
+    if settings.runtime_lora_dir is not None:
+        from server.ops.lora_admin import router as lora_admin_router
+
+        app.include_router(lora_admin_router)
     # Added last = outermost: RequestContext (ids, logs, counts) wraps the Gate (key, body cap).
     app.add_middleware(
         Gate, keys=app.state.api_keys, max_body_bytes=settings.max_body_bytes,

@@ -244,6 +244,15 @@ def adapters(settings: ServerSettings) -> dict:
 
     if settings.max_loras < 1 or settings.max_lora_rank < 1:
         raise AdapterError("--max-loras and --max-lora-rank must be at least 1")
+    runtime = settings.runtime_lora_dir
+    if runtime is not None:
+        if not settings.api_keys():
+            raise AdapterError(
+                "--runtime-lora-dir needs an API key (--api-key or --api-key-file): loading and unloading "
+                "adapters changes what the server answers with"
+            )
+        if not runtime.is_dir():
+            raise AdapterError(f"--runtime-lora-dir {runtime}: not a directory")
     return parse_lora_modules(settings.lora_modules, settings.model_name(), settings.max_lora_rank)
 
 
@@ -265,6 +274,13 @@ class Engine:
     max_model_len: int
     adapters: dict = field(default_factory=dict)  # served LoRA adapters by name (server.lora.Adapter)
     base_lora: object = None  # what base-model requests carry, if anything (server.lora.base_standin)
+    scratch: Path | None = None  # where a base stand-in made at run time goes (CPU engines with LoRA)
+
+    def next_lora_id(self) -> int:
+        """An id no adapter of this engine has had (vLLM's ids are integers from 1)."""
+        self._last_id = max(getattr(self, "_last_id", 0), *(a.lora_id for a in self.adapters.values()),
+                            self.base_lora.lora_id if self.base_lora is not None else 0) + 1
+        return self._last_id
 
     @property
     def dead(self) -> bool:
@@ -308,13 +324,14 @@ class EngineContext:
             log.info(why)
         served_adapters = adapters(s)
         lora, standin = {}, None
-        if served_adapters:
+        if served_adapters or s.runtime_lora_dir is not None:
             lora = {"enable_lora": True, "max_loras": s.max_loras, "max_lora_rank": s.max_lora_rank}
             if is_cpu_engine():  # see server.lora.base_standin: one more slot, for the zero adapter
                 from server.lora import base_standin
 
                 self._scratch = tempfile.TemporaryDirectory(prefix="llava-lora-")
-                standin = base_standin(served_adapters, Path(self._scratch.name) / "base")
+                if served_adapters:  # else made when the first adapter is loaded at run time
+                    standin = base_standin(served_adapters, Path(self._scratch.name) / "base")
                 lora["max_loras"] += 1
         args = AsyncEngineArgs(
             model=str(s.model_dir()),
@@ -334,7 +351,8 @@ class EngineContext:
             **lora,
         )
         llm = _closing_class(AsyncLLM).from_engine_args(args)
-        self.engine = Engine(llm, s.model_name(), llm.model_config.max_model_len, served_adapters, standin)
+        self.engine = Engine(llm, s.model_name(), llm.model_config.max_model_len, served_adapters, standin,
+                             Path(self._scratch.name) if self._scratch is not None else None)
         log.info("engine ready: model=%s max_model_len=%d", s.model_dir(), self.engine.max_model_len)
         for adapter in served_adapters.values():
             log.info("LoRA adapter %s (rank %d) from %s", adapter.name, adapter.rank, adapter.path)
