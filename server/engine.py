@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llava_model.vision import TOWERS
 from server.config import ServerSettings
+from server.quantization import QuantSupport, UnsupportedQuantization, check_quantization, find_quantization
 
 log = logging.getLogger("server.engine")
 
@@ -59,10 +60,15 @@ def _our_plugin_loads(environ: Mapping[str, str]) -> bool:
     return "VLLM_PLUGINS" not in environ or PLUGIN_NAME in environ["VLLM_PLUGINS"].split(",")
 
 
-def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os.environ) -> None:
+def check_model_config(
+    settings: ServerSettings, environ: Mapping[str, str] = os.environ, cpu: bool | None = None
+) -> QuantSupport | None:
     """Refuse, by name, what the model's config.json asks for and our model class cannot load:
-    its architecture, its vision tower and any quantisation. With ``VLLM_PLUGINS`` leaving out
-    ``llava_model`` (vLLM's own LLaVA class) only the architecture is checked."""
+    its architecture, its vision tower, a quantisation method this engine cannot run
+    (``server.quantization``; ``cpu``: whether the engine is vLLM's CPU one, by default what
+    the platform says), or a ``--dtype`` its kernels do not take. Returns what quantisation
+    the checkpoint has, if any. With ``VLLM_PLUGINS`` leaving out ``llava_model`` (vLLM's
+    own LLaVA class) only the architecture is checked."""
     from llava_model import ARCHITECTURES
 
     path = settings.model_dir() / "config.json"
@@ -86,7 +92,7 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
             f"this server serves LLaVA models only: {', '.join(ARCHITECTURES)}"
         )
     if not _our_plugin_loads(environ):
-        return
+        return None
 
     vision = config.get("vision_config")
     if vision is not None:
@@ -100,15 +106,22 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
             )
     _check_anyres(settings, config, path)
 
-    text = config.get("text_config")
-    for where, holder in (("quantization_config", config), ("text_config.quantization_config", text)):
-        quant = holder.get("quantization_config") if isinstance(holder, dict) else None
-        if quant is not None:
-            method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
-            raise UnsupportedModelError(
-                f"{path}: {where} asks for quantisation method {method!r}, which is not supported; "
-                "supported: none (unquantised float32, bfloat16 or float16 checkpoints)"
-            )
+    found = find_quantization(config)
+    if found is None:
+        return None
+    where, quant = found
+    cpu = is_cpu_engine() if cpu is None else cpu
+    try:
+        support = check_quantization(quant, cpu=cpu)
+    except UnsupportedQuantization as exc:
+        raise UnsupportedModelError(f"{path}: {where}: {exc}") from None
+    if cpu and settings.dtype not in ("auto", *support.dtypes):
+        raise UnsupportedModelError(
+            f"{path}: {support.method} {support.variant} runs in {' or '.join(support.dtypes)} on a CPU "
+            f"engine (vLLM's CPU kernels for it), not --dtype {settings.dtype}; use --dtype auto or "
+            f"{support.dtypes[0]}"
+        )
+    return support
 
 
 def _check_anyres(settings: ServerSettings, config: dict, path: Path) -> None:
@@ -317,10 +330,13 @@ class EngineContext:
         # Read by vLLM's CPU workers when they bind their threads (see ``cpu_engine_env``).
         apply_engine_env(check_startup(s))
         dtype = s.dtype
+        quant = check_model_config(s)
+        if quant is not None:
+            log.info("quantised checkpoint: %s %s (the LLM only)", quant.method, quant.variant)
         if dtype == "auto" and is_cpu_engine():
             from server.cpu_dtype import cpu_auto_dtype
 
-            dtype, why = cpu_auto_dtype(s.model_dir())
+            dtype, why = cpu_auto_dtype(s.model_dir(), allow_float32=quant is None or "float32" in quant.dtypes)
             log.info(why)
         served_adapters = adapters(s)
         lora, standin = {}, None
