@@ -6,6 +6,8 @@ example ``VLLM_PLUGINS=``) to fall back to vLLM's built-in LLaVA class.
 """
 
 ARCHITECTURE = "LlavaForConditionalGeneration"
+NEXT_ARCHITECTURE = "LlavaNextForConditionalGeneration"  # LLaVA-NeXT / 1.6 (anyres)
+ARCHITECTURES = (ARCHITECTURE, NEXT_ARCHITECTURE)
 
 
 def register() -> None:
@@ -14,4 +16,5 @@ def register() -> None:
     from kernels.llvmlite_guard import guard
 
     ModelRegistry.register_model(ARCHITECTURE, "llava_model.model:LlavaForConditionalGeneration")
+    ModelRegistry.register_model(NEXT_ARCHITECTURE, "llava_model.next_model:LlavaNextForConditionalGeneration")
     guard()  # vLLM scans every module right after the plugins load: see kernels.llvmlite_guard

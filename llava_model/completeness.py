@@ -10,13 +10,39 @@ checkpoint stores the fused tensor itself. Other parameters need only vLLM's rep
 Only built parameters are required: vision layers beyond the deepest feature layer and
 the unused ``post_layernorm`` are never built, and a tied ``lm_head`` shares (and is
 listed as) ``embed_tokens``.
+
+Quantised checkpoints (``llava_model.quantize``): a quantised linear layer has more
+tensors than ``weight`` / ``bias`` (``weight_scale``, ``input_scale``, ``weight_packed``,
+...), and each shard of a packed layer brings its own, so those leaves are counted per
+shard too. A quantisation method also gives every attention layer KV-cache scales
+(``attn.k_scale`` ...) that vLLM sets to 1 when the checkpoint has none (no
+``kv_cache_scheme``): those are optional.
 """
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-_SHARDED_LEAVES = ("weight", "bias")
+_SHARDED_LEAVES = (
+    "weight",
+    "bias",
+    # compressed-tensors
+    "weight_scale",
+    "weight_zero_point",
+    "weight_packed",
+    "weight_shape",
+    "weight_g_idx",
+    "input_scale",
+    "input_zero_point",
+    # GPTQ / AWQ
+    "qweight",
+    "qzeros",
+    "scales",
+    "g_idx",
+)
+# vLLM defaults these to 1 when the checkpoint has none
+_OPTIONAL = re.compile(r"\.attn\.(q|k|v|prob)_(scale|zero_point)$")
 
 
 def record_names(
@@ -25,6 +51,34 @@ def record_names(
     """Pass ``weights`` through, adding each tensor name to ``seen``."""
     for name, tensor in weights:
         seen.add(name)
+        yield name, tensor
+
+
+# Leaves only quantised linear layers have (a float layer has weight / bias only).
+_QUANTISED_LEAVES = frozenset(_SHARDED_LEAVES) - {"weight", "bias"} | {"weight_scale_inv"}
+# Modules our model always builds in floating point (``llava_model.model``).
+_FLOAT_MODULES = ("vision_tower.", "multi_modal_projector.")
+
+
+class QuantisedTowerError(ValueError):
+    """The checkpoint quantised the vision tower or the projector, which are built unquantised."""
+
+
+def refuse_quantised_tower(
+    weights: Iterable[tuple[str, torch.Tensor]],
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pass ``weights`` (Hub names) through; raise on a quantised tensor of the vision tower
+    or the projector (a scale, packed weights, or an int8 / fp8 weight; integer buffers
+    such as CLIP's ``position_ids`` are not weights and pass)."""
+    for name, tensor in weights:
+        if name.startswith(_FLOAT_MODULES):
+            leaf = name.rpartition(".")[2]
+            if leaf in _QUANTISED_LEAVES or (leaf == "weight" and tensor.element_size() == 1):
+                raise QuantisedTowerError(
+                    f"checkpoint tensor {name} ({tensor.dtype}) is quantised: only the language model "
+                    "may be quantised; keep the vision tower and the projector in floating point "
+                    "(llm-compressor: ignore 're:vision_tower.*', 're:multi_modal_projector.*')"
+                )
         yield name, tensor
 
 
@@ -54,6 +108,8 @@ def missing_tensors(
     """
     missing: set[str] = set()
     for name in params:
+        if _OPTIONAL.search(name) and name not in loaded:
+            continue
         shards = shard_names(name, packed)
         if shards is None or name in seen:
             if name not in loaded:

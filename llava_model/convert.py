@@ -1,6 +1,9 @@
 """Convert a checkpoint of the original LLaVA repo into the llava-hf Hub layout.
 
-The original repo saves a causal LM (``LlavaLlamaForCausalLM`` and friends) whose
+LLaVA-1.5 checkpoints become ``LlavaForConditionalGeneration``; LLaVA-NeXT ones
+(``image_aspect_ratio: anyres``, ``mm_patch_merge_type: spatial_unpad``) become
+``LlavaNextForConditionalGeneration``, pinpoints turned into (height, width) pairs. The
+original repo saves a causal LM (``LlavaLlamaForCausalLM`` and friends) whose
 config carries ``mm_*`` keys and whose projector lives at ``model.mm_projector``;
 the CLIP tower is usually referenced by name only, so it is read from a local CLIP
 directory (``--vision-tower``). The result has ``<image>`` (and ``<pad>`` when the
@@ -79,6 +82,8 @@ def rename_original(name: str, kind: str) -> str | None:
         return projector
     if name.endswith("rotary_emb.inv_freq"):  # recomputed, never loaded
         return None
+    if name == "model.image_newline":  # LLaVA-NeXT's row separator
+        return "image_newline"
     if name.startswith("model.vision_tower.vision_tower."):
         return "vision_tower." + name.removeprefix("model.vision_tower.vision_tower.")
     if name.startswith("model."):
@@ -112,6 +117,32 @@ def _check_supported(src: dict) -> str:
     return kind
 
 
+def anyres_pinpoints(src: dict) -> list[list[int]] | None:
+    """LLaVA-NeXT's settings of an original config: ``None`` when it is not ``anyres``, else
+    its ``image_grid_pinpoints`` as (height, width) pairs.
+
+    The original repo writes pinpoints (and image sizes) as (width, height); transformers'
+    LLaVA-NeXT, which our model follows, reads them as (height, width). Swapping each pair
+    keeps every choice the original made, ties between a tall and a wide grid included.
+    """
+    aspect = src.get("image_aspect_ratio", "square")
+    if not (isinstance(aspect, str) and aspect.startswith("anyres")):
+        return None
+    if aspect != "anyres":
+        raise ConversionError(f"image_aspect_ratio {aspect!r} is not supported; of the anyres modes only 'anyres' is")
+    merge = src.get("mm_patch_merge_type", "flat")
+    if merge != "spatial_unpad":
+        raise ConversionError(
+            f"mm_patch_merge_type {merge!r} is not supported with anyres; LLaVA-NeXT's is 'spatial_unpad'"
+        )
+    pinpoints = src.get("image_grid_pinpoints")
+    if not isinstance(pinpoints, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p) for p in pinpoints
+    ) or not pinpoints:
+        raise ConversionError(f"image_grid_pinpoints {pinpoints!r} is not a list of [width, height] pairs")
+    return [[height, width] for width, height in pinpoints]
+
+
 def _resize_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     if rows <= weight.shape[0]:
         return weight
@@ -120,10 +151,13 @@ def _resize_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def convert(opts: ConvertOptions) -> Path:
-    from transformers import AutoTokenizer, CLIPVisionConfig, LlavaConfig
+    from transformers import AutoTokenizer, CLIPVisionConfig, LlavaConfig, LlavaNextConfig
+
+    from llava_model import ARCHITECTURE, NEXT_ARCHITECTURE
 
     src = json.loads((opts.source / "config.json").read_text())
     kind = _check_supported(src)
+    pinpoints = anyres_pinpoints(src)
     text_config = _text_config(src)
 
     weights: dict[str, torch.Tensor] = {}
@@ -157,7 +191,11 @@ def convert(opts: ConvertOptions) -> Path:
     text_config.vocab_size = vocab
     text_config.pad_token_id = tokenizer.pad_token_id
 
-    config = LlavaConfig(
+    if pinpoints is not None and "image_newline" not in weights:
+        raise ConversionError("an anyres checkpoint needs model.image_newline; the source has none")
+    next_config = {} if pinpoints is None else {"image_grid_pinpoints": pinpoints}
+    config = (LlavaConfig if pinpoints is None else LlavaNextConfig)(
+        **next_config,
         vision_config=vision_config,
         text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
@@ -170,12 +208,12 @@ def convert(opts: ConvertOptions) -> Path:
     # The original repo tokenises prompts chunk by chunk around each <image>
     # (llava.mm_utils.tokenizer_image_token); serve and fine-tune the model the same way.
     setattr(config, PROMPT_TOKENIZATION, "chunks")
-    config.architectures = ["LlavaForConditionalGeneration"]
-    _write(opts, config, tokenizer, weights, src, tower_dir, vision_config.image_size)
+    config.architectures = [ARCHITECTURE if pinpoints is None else NEXT_ARCHITECTURE]
+    _write(opts, config, tokenizer, weights, src, tower_dir, vision_config.image_size, pinpoints)
     return opts.out
 
 
-def _write(opts, config, tokenizer, weights, src, tower_dir, image_size) -> None:
+def _write(opts, config, tokenizer, weights, src, tower_dir, image_size, pinpoints) -> None:
     from safetensors.torch import save_file
 
     tmp = opts.out.with_name(opts.out.name + ".partial")
@@ -192,18 +230,19 @@ def _write(opts, config, tokenizer, weights, src, tower_dir, image_size) -> None
     if tower_pre.exists():
         found = json.loads(tower_pre.read_text())
         preprocessor.update({k: found[k] for k in _PREPROCESSOR_KEYS if k in found})
-    aspect = src.get("image_aspect_ratio", "square")  # the original repo's default
-    try:
-        mode = aspect_mode_for(aspect)
-    except ValueError:
-        raise ConversionError(
-            f"image_aspect_ratio {aspect!r} is not supported (anyres needs LLaVA-NeXT)"
-        ) from None
-    preprocessor.update(
-        image_processor_type="LlavaImageProcessor" if mode == "pad" else "CLIPImageProcessor",
-        do_pad=mode == "pad",
-        image_aspect_ratio=mode,
-    )
+    if pinpoints is not None:  # do_pad: batches padded to equal tile counts (transformers' meaning)
+        preprocessor.update(image_processor_type="LlavaNextImageProcessor", image_grid_pinpoints=pinpoints, do_pad=True)
+    else:
+        aspect = src.get("image_aspect_ratio", "square")  # the original repo's default
+        try:
+            mode = aspect_mode_for(aspect)
+        except ValueError:
+            raise ConversionError(f"image_aspect_ratio {aspect!r} is not supported") from None
+        preprocessor.update(
+            image_processor_type="LlavaImageProcessor" if mode == "pad" else "CLIPImageProcessor",
+            do_pad=mode == "pad",
+            image_aspect_ratio=mode,
+        )
     (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     if opts.out.exists():
         shutil.rmtree(opts.out)

@@ -38,6 +38,7 @@ from PIL import ExifTags, Image, ImageOps
 from kernels import normalize_images
 from kernels.resample import SUPPORTED as EXACT_FILTERS
 from kernels.resample import resize_exact
+from llava_model.anyres import best_resolution, fit_within
 
 AspectMode = Literal["crop", "pad", "resize"]
 ASPECT_MODES: tuple[str, ...] = ("crop", "pad", "resize")
@@ -282,6 +283,55 @@ def pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
     return canvas
 
 
+def anyres_tiles(image: Image.Image, cfg: ImageProcessingConfig, pinpoints) -> np.ndarray:
+    """LLaVA-NeXT's tower inputs for one RGB image (``llava_model.anyres``): the base image
+    (resized straight to the tile side) then the tiles, row by row: ``(1 + R*C, S, S, 3)`` uint8.
+    The same bytes as transformers' LlavaNextImageProcessor with the ``exact`` resampler."""
+    side = cfg.image_size
+    width, height = image.size
+    target_h, target_w = best_resolution(height, width, pinpoints)
+    new_h, new_w = fit_within(height, width, target_h, target_w)
+    canvas = np.zeros((target_h, target_w, 3), dtype=np.uint8)  # black, as transformers pads
+    top, left = (target_h - new_h) // 2, (target_w - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = _resize(image, new_w, new_h, cfg)
+    tiles = canvas.reshape(target_h // side, side, target_w // side, side, 3).swapaxes(1, 2)
+    base = _resize(image, side, side, cfg)
+    return np.concatenate([base[None], tiles.reshape(-1, side, side, 3)])
+
+
+def preprocess_anyres(
+    images: Sequence[object],
+    cfg: ImageProcessingConfig,
+    pinpoints,
+    dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, list[int], list[tuple[int, int]]]:
+    """Images -> (every image's tower inputs in one ``(T, 3, S, S)`` batch, inputs per image,
+    each image's (height, width)), for LLaVA-NeXT. ``cfg.shortest_edge`` must be the side."""
+    arrays, counts, sizes = [], [], []
+    for index, raw in enumerate(images):
+        try:
+            rgb = to_rgb(as_pil(raw))
+            _check_size(rgb, cfg.max_pixels)
+        except ImageError as exc:
+            raise ImageError(f"image {index}: {exc}") from None
+        tiles = anyres_tiles(rgb, cfg, pinpoints)
+        arrays.append(tiles)
+        counts.append(len(tiles))
+        sizes.append((rgb.height, rgb.width))
+    return _normalise(torch.from_numpy(np.concatenate(arrays)), cfg, dtype, backend), counts, sizes
+
+
+def _normalise(batch: torch.Tensor, cfg: ImageProcessingConfig, dtype: torch.dtype, backend: str | None):
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) normalised in ``dtype``."""
+    if not cfg.do_normalize:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean, std = cfg.image_mean, cfg.image_std
+    rescale = cfg.rescale_factor if cfg.do_rescale else 1.0
+    return normalize_images(batch, mean, std, rescale, dtype, backend=backend)
+
+
 def preprocess_images(
     images: Sequence[object],
     cfg: ImageProcessingConfig,
@@ -300,10 +350,4 @@ def preprocess_images(
         except ImageError as exc:
             raise ImageError(f"image {index}: {exc}") from None
         arrays.append(fit_geometry(rgb, cfg))
-    batch = torch.from_numpy(np.stack(arrays))  # (B, S, S, 3) uint8
-    if not cfg.do_normalize:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    else:
-        mean, std = cfg.image_mean, cfg.image_std
-    rescale = cfg.rescale_factor if cfg.do_rescale else 1.0
-    return normalize_images(batch, mean, std, rescale, dtype, backend=backend)
+    return _normalise(torch.from_numpy(np.stack(arrays)), cfg, dtype, backend)  # from (B, S, S, 3) uint8

@@ -30,7 +30,7 @@ from vllm.sequence import IntermediateTensors
 from vllm.utils.tensor_schema import TensorSchema, TensorShape
 
 from kernels.dispatch import resolve_backends
-from llava_model.completeness import missing_tensors, record_names
+from llava_model.completeness import missing_tensors, record_names, refuse_quantised_tower
 from llava_model.processing import LlavaDummyInputsBuilder, LlavaMultiModalProcessor, LlavaProcessingInfo
 from llava_model.projector import LlavaProjector
 from llava_model.vision import build_vision_tower, extract_features, feature_layers
@@ -97,9 +97,9 @@ class LlavaForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP, S
             torch.device(vllm_config.device_config.device_type), vllm_config.model_config.dtype
         )
         with self._mark_tower_model(vllm_config, "image"):
-            self.vision_tower = build_vision_tower(
-                config, vllm_config.quant_config, prefix=maybe_prefix(prefix, "vision_tower")
-            )
+            # Never quantised: a quantised checkpoint's method (``vllm_config.quant_config``)
+            # applies to the LLM only, whatever its ignore list says (``refuse_quantised_tower``).
+            self.vision_tower = build_vision_tower(config, None, prefix=maybe_prefix(prefix, "vision_tower"))
             in_features = config.vision_config.hidden_size * len(self.feature_layers)
             self.multi_modal_projector = LlavaProjector(config, in_features, backend=backends["projector"])
         with self._mark_language_model(vllm_config):
@@ -165,7 +165,8 @@ class LlavaForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP, S
         deepest feature layer and the unused ``post_layernorm`` are skipped on purpose.
         """
         seen: set[str] = set()
-        loaded = AutoWeightsLoader(self).load_weights(record_names(to_hub_layout(weights), seen))
+        stream = refuse_quantised_tower(record_names(to_hub_layout(weights), seen))
+        loaded = AutoWeightsLoader(self).load_weights(stream)
         params = [name for name, _ in self.named_parameters()]
         missing = missing_tensors(params, loaded, seen, self.packed_modules_mapping)
         if missing:

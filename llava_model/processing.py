@@ -98,15 +98,16 @@ class LlavaDummyInputsBuilder(BaseDummyInputsBuilder[LlavaProcessingInfo]):
         }
 
 
-def _processor_options(kwargs: Mapping[str, object]) -> dict[str, object]:
+def processor_options(kwargs: Mapping[str, object], supported: set[str] = PROCESSOR_KWARGS) -> dict[str, object]:
+    """The per-request options among ``kwargs``; an option not in ``supported`` raises."""
     flat = {k: v for k, v in kwargs.items() if k != "images_kwargs"}
     flat.update(kwargs.get("images_kwargs") or {})
-    unknown = set(flat) - PROCESSOR_KWARGS - _IGNORED_KWARGS
+    unknown = set(flat) - supported - _IGNORED_KWARGS
     if unknown:
         raise ValueError(
-            f"unknown image processing option(s) {sorted(unknown)}; supported: {sorted(PROCESSOR_KWARGS)}"
+            f"unknown image processing option(s) {sorted(unknown)}; supported: {sorted(supported) or 'none'}"
         )
-    return {k: v for k, v in flat.items() if k in PROCESSOR_KWARGS}
+    return {k: v for k, v in flat.items() if k in supported}
 
 
 class LlavaMultiModalProcessor(BaseMultiModalProcessor[LlavaProcessingInfo]):
@@ -116,7 +117,7 @@ class LlavaMultiModalProcessor(BaseMultiModalProcessor[LlavaProcessingInfo]):
         self.preprocess_backend = info.preprocess_backend()
 
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
-        options = _processor_options(self.info.ctx.get_merged_mm_kwargs(hf_kwargs))
+        options = processor_options(self.info.ctx.get_merged_mm_kwargs(hf_kwargs))
         images = hf_data.get("images") or []
         if not images:
             return BatchFeature()

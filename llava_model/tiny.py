@@ -50,6 +50,8 @@ class TinyLlavaSpec:
     init_std: float = 0.08
     seed: int = 0
     tokenizer_vocab: int = 400  # trained size; at most vocab_size
+    # LLaVA-NeXT (anyres) when set: (height, width) resolutions, multiples of image_size
+    grid_pinpoints: tuple[tuple[int, int], ...] | None = None
 
 
 def _syllable_words(count: int, seed: int = 0) -> list[str]:
@@ -152,20 +154,24 @@ def _vision_config(spec: TinyLlavaSpec):
 
 
 def tiny_llava_config(spec: TinyLlavaSpec, tokenizer):
-    from transformers import LlavaConfig
+    from transformers import LlavaConfig, LlavaNextConfig
 
     vision = _vision_config(spec)
     text = _text_config(spec, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     layer = spec.vision_feature_layer
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=list(layer) if isinstance(layer, tuple) else layer,
-        vision_feature_select_strategy=spec.vision_feature_select_strategy,
-        projector_hidden_act="gelu",
-        tie_word_embeddings=spec.tie_word_embeddings,
-    )
+    common = {
+        "vision_config": vision,
+        "text_config": text,
+        "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
+        "vision_feature_layer": list(layer) if isinstance(layer, tuple) else layer,
+        "vision_feature_select_strategy": spec.vision_feature_select_strategy,
+        "projector_hidden_act": "gelu",
+        "tie_word_embeddings": spec.tie_word_embeddings,
+    }
+    if spec.grid_pinpoints is not None:
+        config = LlavaNextConfig(image_grid_pinpoints=[list(p) for p in spec.grid_pinpoints], **common)
+    else:
+        config = LlavaConfig(**common)
     config.projector_type = spec.projector_type
     return config
 
@@ -177,14 +183,15 @@ def build_tiny_hf_model(spec: TinyLlavaSpec):
     the matching module, so it serves as the reference for those types too.
     """
     import torch
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     from llava_model.hf_projector import replace_hf_projector
 
     tokenizer = build_tokenizer(vocab_size=spec.tokenizer_vocab)
     config = tiny_llava_config(spec, tokenizer)
     torch.manual_seed(spec.seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    model_class = LlavaForConditionalGeneration if spec.grid_pinpoints is None else LlavaNextForConditionalGeneration
+    model = model_class(config).eval()
     replace_hf_projector(model, spec.projector_type)
     return model, tokenizer
 
@@ -205,6 +212,24 @@ def preprocessor_config(spec: TinyLlavaSpec) -> dict:
             "do_convert_rgb": True,
             "image_mean": [0.5, 0.5, 0.5],
             "image_std": [0.5, 0.5, 0.5],
+            "resample": 3,
+            "resampler": spec.resampler,
+        }
+    if spec.grid_pinpoints is not None:  # LlavaNextImageProcessor's file
+        return {
+            "image_processor_type": "LlavaNextImageProcessor",
+            "image_grid_pinpoints": [list(p) for p in spec.grid_pinpoints],
+            "size": {"shortest_edge": spec.image_size},
+            "crop_size": {"height": spec.image_size, "width": spec.image_size},
+            "do_resize": True,
+            "do_center_crop": True,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "do_convert_rgb": True,
+            "do_pad": True,
+            "image_mean": list(OPENAI_CLIP_MEAN),
+            "image_std": list(OPENAI_CLIP_STD),
             "resample": 3,
             "resampler": spec.resampler,
         }

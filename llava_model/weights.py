@@ -5,6 +5,7 @@ module tree mirrors:
 
     vision_tower.vision_model.*      multi_modal_projector.linear_{1,2}.*
     language_model.model.*           language_model.lm_head.*
+    image_newline                    (LLaVA-NeXT only)
 
 Other layouts seen in the wild, all renamed by ``hub_name``:
 - transformers 5 ``save_pretrained``: ``vision_tower.{embeddings,encoder,...}.*``
@@ -23,6 +24,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^model\.multi_modal_projector\."), "multi_modal_projector."),
     (re.compile(r"^model\.language_model\."), "language_model.model."),
     (re.compile(r"^lm_head\."), "language_model.lm_head."),
+    (re.compile(r"^model\.image_newline$"), "image_newline"),  # LLaVA-NeXT's
     # A bare CLIP or SigLIP vision transformer under vision_tower (no vision_model level).
     (
         re.compile(r"^vision_tower\.(embeddings|encoder|pre_layrnorm|post_layernorm|head)\."),
@@ -68,5 +70,8 @@ def save_hub_state(
         t = tensor.detach()
         state[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config.architectures = ["LlavaForConditionalGeneration"]
+    from llava_model import ARCHITECTURE, NEXT_ARCHITECTURE
+    from llava_model.anyres import is_anyres
+
+    config.architectures = [NEXT_ARCHITECTURE if is_anyres(config) else ARCHITECTURE]
     config.save_pretrained(out)

@@ -16,26 +16,31 @@ from server.ops.middleware import Gate, InflightLimiter, RequestContext
 
 
 def _services(app: FastAPI, settings: ServerSettings, engine) -> None:
+    from llava_model.anyres import ImageTokenCount, is_anyres
     from llava_model.image_processing import ImageProcessingConfig
-    from llava_model.vision import num_image_tokens
+    from llava_model.next_processing import anyres_image_config
     from server.chat.serving import ChatService
     from server.chat.templates import choose_template
     from server.media.loader import ImageLoader
 
     state = app.state
     hf_config = engine.llm.model_config.hf_config
-    processing = ImageProcessingConfig.from_hf_dict(
-        _preprocessor_config(settings), image_size=hf_config.vision_config.image_size
-    )
+    anyres = is_anyres(hf_config)
+    if anyres:  # tiled by the engine's processor: the front end only decodes and orients
+        processing = anyres_image_config(_preprocessor_config(settings), hf_config)
+    else:
+        processing = ImageProcessingConfig.from_hf_dict(
+            _preprocessor_config(settings), image_size=hf_config.vision_config.image_size
+        )
     if processing.resampler == "exact":
         from kernels.resample import warm_up
 
         warm_up()  # the resampler's loops compiled (or loaded from numba's cache) before any request
-    state.images = ImageLoader(settings, processing, state.metrics)
+    state.images = ImageLoader(settings, processing, state.metrics, geometry=not anyres)
     template = choose_template(settings.chat_template, engine.llm.get_tokenizer(), hf_config.text_config.model_type)
     state.chat = ChatService(
         engine=engine, template=template, images=state.images, metrics=state.metrics,
-        limiter=state.limiter, settings=settings, image_tokens=num_image_tokens(hf_config),
+        limiter=state.limiter, settings=settings, image_tokens=ImageTokenCount.for_config(hf_config),
     )
 
 
@@ -74,6 +79,10 @@ def build_app(settings: ServerSettings, engine_context=None) -> FastAPI:
     errors.install(app)
     app.include_router(chat_router)
     app.include_router(ops_router)
+    if settings.runtime_lora_dir is not None:
+        from server.ops.lora_admin import router as lora_admin_router
+
+        app.include_router(lora_admin_router)
     # Added last = outermost: RequestContext (ids, logs, counts) wraps the Gate (key, body cap).
     app.add_middleware(
         Gate, keys=app.state.api_keys, max_body_bytes=settings.max_body_bytes,

@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
         help="a LoRA adapter of the LLM served as model NAME (repeatable; PEFT directory)")
     add("--max-loras", type=int, help="adapters one engine step may mix (default 4)")
     add("--max-lora-rank", type=int, help="largest adapter rank accepted (default 64)")
+    add("--runtime-lora-dir", metavar="DIR",
+        help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter for adapters below DIR "
+             "(needs --api-key or --api-key-file)")
     add("--limit-images-per-prompt", type=int)
     add("--max-image-bytes", type=int)
     add("--max-image-pixels", type=int)

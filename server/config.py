@@ -34,6 +34,9 @@ class ServerSettings(BaseSettings):
     lora_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_loras: int = 4  # adapters one engine step may mix
     max_lora_rank: int = 64
+    # POST /v1/load_lora_adapter and /v1/unload_lora_adapter, loading adapters from below this
+    # directory only; None: the endpoints do not exist. Needs an API key (they change what is served).
+    runtime_lora_dir: Path | None = None
 
     # HTTP
     host: str = "127.0.0.1"

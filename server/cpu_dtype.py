@@ -35,14 +35,15 @@ def vllm_auto(checkpoint: str) -> str:
     return "float16" if checkpoint == "float16" else "bfloat16"
 
 
-def choose(config: Mapping, rate: Callable[[str], float]) -> tuple[str, str]:
+def choose(config: Mapping, rate: Callable[[str], float], allow_float32: bool = True) -> tuple[str, str]:
     """``(dtype for vLLM, a log line)``: ``"auto"`` where vLLM's pick runs about as fast as
     the fastest candidate, else the fastest. Candidates: vLLM's pick, bfloat16 for a
     float16 checkpoint (CPUs without AVX-512 FP16 run float16 products in a scalar loop),
-    and float32. ``rate(dtype)`` gives the measured GFLOP/s."""
+    and float32 (left out when ``allow_float32`` is false: quantised checkpoints whose CPU
+    kernels take 16-bit activations only). ``rate(dtype)`` gives the measured GFLOP/s."""
     checkpoint = checkpoint_dtype(config)
     pick = vllm_auto(checkpoint)
-    candidates = [pick] + (["bfloat16"] if pick == "float16" else []) + ["float32"]
+    candidates = [pick] + (["bfloat16"] if pick == "float16" else []) + (["float32"] if allow_float32 else [])
     rates = {name: rate(name) for name in candidates}
     best = max(rates, key=rates.get)
     keep = best == pick or rates[best] <= MARGIN * rates[pick]
@@ -54,9 +55,11 @@ def choose(config: Mapping, rate: Callable[[str], float]) -> tuple[str, str]:
     return ("auto" if keep else best), why
 
 
-def cpu_auto_dtype(model_dir: Path, rate: Callable[[str], float] | None = None) -> tuple[str, str]:
+def cpu_auto_dtype(
+    model_dir: Path, rate: Callable[[str], float] | None = None, allow_float32: bool = True
+) -> tuple[str, str]:
     """``choose`` for the checkpoint in ``model_dir``, with the real measurement by default."""
     from kernels.ceiling import matmul_gflops
 
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    return choose(config, rate or (lambda name: matmul_gflops(name, size=512, seconds=0.1)))
+    return choose(config, rate or (lambda name: matmul_gflops(name, size=512, seconds=0.1)), allow_float32)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llava_model.vision import TOWERS
 from server.config import ServerSettings
+from server.quantization import QuantSupport, UnsupportedQuantization, check_quantization, find_quantization
 
 log = logging.getLogger("server.engine")
 
@@ -59,11 +60,16 @@ def _our_plugin_loads(environ: Mapping[str, str]) -> bool:
     return "VLLM_PLUGINS" not in environ or PLUGIN_NAME in environ["VLLM_PLUGINS"].split(",")
 
 
-def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os.environ) -> None:
+def check_model_config(
+    settings: ServerSettings, environ: Mapping[str, str] = os.environ, cpu: bool | None = None
+) -> QuantSupport | None:
     """Refuse, by name, what the model's config.json asks for and our model class cannot load:
-    its architecture, its vision tower and any quantisation. With ``VLLM_PLUGINS`` leaving out
-    ``llava_model`` (vLLM's own LLaVA class) only the architecture is checked."""
-    from llava_model import ARCHITECTURE
+    its architecture, its vision tower, a quantisation method this engine cannot run
+    (``server.quantization``; ``cpu``: whether the engine is vLLM's CPU one, by default what
+    the platform says), or a ``--dtype`` its kernels do not take. Returns what quantisation
+    the checkpoint has, if any. With ``VLLM_PLUGINS`` leaving out ``llava_model`` (vLLM's
+    own LLaVA class) only the architecture is checked."""
+    from llava_model import ARCHITECTURES
 
     path = settings.model_dir() / "config.json"
     try:
@@ -77,16 +83,16 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
     if not architectures or not isinstance(architectures, list):
         raise UnsupportedModelError(
             f"{path} names no model architecture (\"architectures\": {architectures!r}); "
-            f"supported: {ARCHITECTURE}"
+            f"supported: {', '.join(ARCHITECTURES)}"
         )
-    unsupported = [a for a in architectures if a != ARCHITECTURE]
+    unsupported = [a for a in architectures if a not in ARCHITECTURES]
     if unsupported:
         raise UnsupportedModelError(
             f"{path}: architecture {', '.join(map(str, unsupported))} is not supported; "
-            f"this server serves {ARCHITECTURE} (LLaVA) models only"
+            f"this server serves LLaVA models only: {', '.join(ARCHITECTURES)}"
         )
     if not _our_plugin_loads(environ):
-        return
+        return None
 
     vision = config.get("vision_config")
     if vision is not None:
@@ -98,16 +104,43 @@ def check_model_config(settings: ServerSettings, environ: Mapping[str, str] = os
                 f"{path}: vision tower model_type {tower!r} is not supported; "
                 f"supported: {', '.join(SUPPORTED_VISION_TOWERS)}"
             )
+    _check_anyres(settings, config, path)
 
-    text = config.get("text_config")
-    for where, holder in (("quantization_config", config), ("text_config.quantization_config", text)):
-        quant = holder.get("quantization_config") if isinstance(holder, dict) else None
-        if quant is not None:
-            method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
-            raise UnsupportedModelError(
-                f"{path}: {where} asks for quantisation method {method!r}, which is not supported; "
-                "supported: none (unquantised float32, bfloat16 or float16 checkpoints)"
-            )
+    found = find_quantization(config)
+    if found is None:
+        return None
+    where, quant = found
+    cpu = is_cpu_engine() if cpu is None else cpu
+    try:
+        support = check_quantization(quant, cpu=cpu)
+    except UnsupportedQuantization as exc:
+        raise UnsupportedModelError(f"{path}: {where}: {exc}") from None
+    if cpu and settings.dtype not in ("auto", *support.dtypes):
+        raise UnsupportedModelError(
+            f"{path}: {support.method} {support.variant} runs in {' or '.join(support.dtypes)} on a CPU "
+            f"engine (vLLM's CPU kernels for it), not --dtype {settings.dtype}; use --dtype auto or "
+            f"{support.dtypes[0]}"
+        )
+    return support
+
+
+def _check_anyres(settings: ServerSettings, config: dict, path: Path) -> None:
+    """A LLaVA-NeXT config's grid and preprocessing, checked as the model will read them."""
+    from llava_model.anyres import AnyresLayout, is_anyres
+
+    if not is_anyres(config):
+        return
+    from transformers import AutoConfig
+
+    from llava_model.next_processing import anyres_image_config
+
+    try:
+        hf_config = AutoConfig.from_pretrained(settings.model_dir())
+        AnyresLayout.from_config(hf_config)
+        pre = settings.model_dir() / "preprocessor_config.json"
+        anyres_image_config(json.loads(pre.read_text()) if pre.is_file() else {}, hf_config)
+    except (ValueError, OSError) as exc:
+        raise UnsupportedModelError(f"{path}: LLaVA-NeXT settings cannot be served: {exc}") from None
 
 
 def is_cpu_engine() -> bool:
@@ -224,6 +257,15 @@ def adapters(settings: ServerSettings) -> dict:
 
     if settings.max_loras < 1 or settings.max_lora_rank < 1:
         raise AdapterError("--max-loras and --max-lora-rank must be at least 1")
+    runtime = settings.runtime_lora_dir
+    if runtime is not None:
+        if not settings.api_keys():
+            raise AdapterError(
+                "--runtime-lora-dir needs an API key (--api-key or --api-key-file): loading and unloading "
+                "adapters changes what the server answers with"
+            )
+        if not runtime.is_dir():
+            raise AdapterError(f"--runtime-lora-dir {runtime}: not a directory")
     return parse_lora_modules(settings.lora_modules, settings.model_name(), settings.max_lora_rank)
 
 
@@ -245,6 +287,13 @@ class Engine:
     max_model_len: int
     adapters: dict = field(default_factory=dict)  # served LoRA adapters by name (server.lora.Adapter)
     base_lora: object = None  # what base-model requests carry, if anything (server.lora.base_standin)
+    scratch: Path | None = None  # where a base stand-in made at run time goes (CPU engines with LoRA)
+
+    def next_lora_id(self) -> int:
+        """An id no adapter of this engine has had (vLLM's ids are integers from 1)."""
+        self._last_id = max(getattr(self, "_last_id", 0), *(a.lora_id for a in self.adapters.values()),
+                            self.base_lora.lora_id if self.base_lora is not None else 0) + 1
+        return self._last_id
 
     @property
     def dead(self) -> bool:
@@ -281,20 +330,24 @@ class EngineContext:
         # Read by vLLM's CPU workers when they bind their threads (see ``cpu_engine_env``).
         apply_engine_env(check_startup(s))
         dtype = s.dtype
+        quant = check_model_config(s)
+        if quant is not None:
+            log.info("quantised checkpoint: %s %s (the LLM only)", quant.method, quant.variant)
         if dtype == "auto" and is_cpu_engine():
             from server.cpu_dtype import cpu_auto_dtype
 
-            dtype, why = cpu_auto_dtype(s.model_dir())
+            dtype, why = cpu_auto_dtype(s.model_dir(), allow_float32=quant is None or "float32" in quant.dtypes)
             log.info(why)
         served_adapters = adapters(s)
         lora, standin = {}, None
-        if served_adapters:
+        if served_adapters or s.runtime_lora_dir is not None:
             lora = {"enable_lora": True, "max_loras": s.max_loras, "max_lora_rank": s.max_lora_rank}
             if is_cpu_engine():  # see server.lora.base_standin: one more slot, for the zero adapter
                 from server.lora import base_standin
 
                 self._scratch = tempfile.TemporaryDirectory(prefix="llava-lora-")
-                standin = base_standin(served_adapters, Path(self._scratch.name) / "base")
+                if served_adapters:  # else made when the first adapter is loaded at run time
+                    standin = base_standin(served_adapters, Path(self._scratch.name) / "base")
                 lora["max_loras"] += 1
         args = AsyncEngineArgs(
             model=str(s.model_dir()),
@@ -314,7 +367,8 @@ class EngineContext:
             **lora,
         )
         llm = _closing_class(AsyncLLM).from_engine_args(args)
-        self.engine = Engine(llm, s.model_name(), llm.model_config.max_model_len, served_adapters, standin)
+        self.engine = Engine(llm, s.model_name(), llm.model_config.max_model_len, served_adapters, standin,
+                             Path(self._scratch.name) if self._scratch is not None else None)
         log.info("engine ready: model=%s max_model_len=%d", s.model_dir(), self.engine.max_model_len)
         for adapter in served_adapters.values():
             log.info("LoRA adapter %s (rank %d) from %s", adapter.name, adapter.rank, adapter.path)

@@ -72,6 +72,19 @@ def _read(name: str, path: Path, max_rank: int) -> int:
     return rank
 
 
+def check_name(name: str, served: list[str], what: str) -> None:
+    """An adapter name a request can use: new, and in the allowed characters."""
+    if not _NAME.match(name):
+        raise AdapterError(f"{what}: the name may use letters, digits and ._:/- (128 at most)")
+    if name in served:
+        raise AdapterError(f"{what}: the name {name!r} is already a served model")
+
+
+def read_adapter(name: str, path: Path, max_rank: int) -> int:
+    """The rank of the PEFT adapter at ``path``, after every check possible without an engine."""
+    return _read(name, path, max_rank)
+
+
 def parse_lora_modules(specs: list[str], base_name: str, max_rank: int) -> dict[str, Adapter]:
     """``NAME=PATH`` specs -> adapters by name, in the order given."""
     adapters: dict[str, Adapter] = {}
@@ -80,10 +93,7 @@ def parse_lora_modules(specs: list[str], base_name: str, max_rank: int) -> dict[
         name, path = name.strip(), path.strip()
         if not sep or not name or not path:
             raise AdapterError(f"--lora-modules {spec!r}: expected NAME=PATH")
-        if not _NAME.match(name):
-            raise AdapterError(f"--lora-modules {spec!r}: the name may use letters, digits and ._:/- (128 at most)")
-        if name == base_name or name in adapters:
-            raise AdapterError(f"--lora-modules {spec!r}: the name {name!r} is already a served model")
+        check_name(name, [base_name, *adapters], f"--lora-modules {spec!r}")
         rank = _read(name, Path(path), max_rank)
         adapters[name] = Adapter(name, Path(path).resolve(), rank, len(adapters) + 1)
     return adapters
@@ -93,7 +103,7 @@ def parse_lora_modules(specs: list[str], base_name: str, max_rank: int) -> dict[
 BASE_STANDIN = "__base__"
 
 
-def base_standin(adapters: dict[str, Adapter], into: Path) -> Adapter:
+def base_standin(adapters: dict[str, Adapter], into: Path, lora_id: int | None = None) -> Adapter:
     """An adapter of exact zeros, shaped as the first served one, written to ``into``.
 
     vLLM 0.32's CPU LoRA kernels (``lora/ops/torch_ops``) pick each token's adapter by
@@ -117,4 +127,4 @@ def base_standin(adapters: dict[str, Adapter], into: Path) -> Adapter:
         state = torch.load(first.path / "adapter_model.bin", map_location="cpu", weights_only=True)
     save_file({k: v.new_zeros(v.shape).contiguous() for k, v in state.items()}, str(into / "adapter_model.safetensors"))
     (into / "adapter_config.json").write_text((first.path / "adapter_config.json").read_text())
-    return Adapter(BASE_STANDIN, into, first.rank, len(adapters) + 1)
+    return Adapter(BASE_STANDIN, into, first.rank, lora_id if lora_id is not None else len(adapters) + 1)

@@ -58,3 +58,47 @@ def hf_greedy(model, tokenizer, prompt: str, images, spec, max_new_tokens: int =
             pad_token_id=tokenizer.pad_token_id,
         )
     return out[0, len(expanded) :].tolist()
+
+
+def hf_next_processor(config):
+    """transformers' own (PIL) LLaVA-NeXT image processor for a model config."""
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    side = config.vision_config.image_size
+    return LlavaNextImageProcessorPil(
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
+        image_grid_pinpoints=[list(p) for p in config.image_grid_pinpoints],
+    )
+
+
+def hf_next_inputs(model, ids: list[int], images) -> dict:
+    """transformers' LLaVA-NeXT inputs: its processor's pixels, and each image id expanded to
+    as many ids as transformers' own model yields features for that image."""
+    config = model.config
+    if not images:
+        return {"input_ids": torch.tensor([ids])}
+    pixels = hf_next_processor(config)(images=images, return_tensors="pt")
+    with torch.no_grad():
+        features = model.model.get_image_features(
+            pixel_values=pixels["pixel_values"],
+            image_sizes=pixels["image_sizes"],
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        ).pooler_output
+    lengths = iter([f.shape[0] for f in features])
+    expanded: list[int] = []
+    for token in ids:
+        expanded.extend([token] * next(lengths) if token == config.image_token_index else [token])
+    return {"input_ids": torch.tensor([expanded]), **pixels}
+
+
+def hf_next_greedy(model, ids: list[int], images, pad_id: int, max_new_tokens: int = 32) -> tuple[list[int], int]:
+    """(greedy tokens, prompt length with images expanded) from transformers' LLaVA-NeXT."""
+    inputs = hf_next_inputs(model, ids, images)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
+        )
+    length = inputs["input_ids"].shape[1]
+    return out[0, length:].tolist(), length

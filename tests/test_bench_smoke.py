@@ -15,7 +15,8 @@ def test_serving_benchmark_smoke(tmp_path):
     out = tmp_path / "serving_tiny"
     cmd = [
         sys.executable, "-m", "benchmarks.serving.run", "--config", "tiny", "--contenders", "ours",
-        "--concurrency", "1", "3", "--rate", "4", "--num-requests", "6", "--images-per-request", "1", "2",
+        "--concurrency", "1", "3", "--rate", "4", "--goodput", "1", "200", "--num-requests", "6",
+        "--images-per-request", "1", "4",
         "--image-size", "64", "48", "--input-words", "16", "--output-tokens", "8", "--eager",
         "--port", "8391", "--out", str(out), "--multiturn", "2",
     ]
@@ -23,8 +24,16 @@ def test_serving_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     runs = report["runs"]
-    assert [(r["mode"], r["level"]) for r in runs] == [("concurrency", 1), ("concurrency", 3), ("rate", 4.0)]
+    swept = [r for r in runs if r["mode"] == "goodput"]
+    assert [(r["mode"], r["level"]) for r in runs if r["mode"] != "goodput"] == [
+        ("concurrency", 1), ("concurrency", 3), ("rate", 4.0)]
+    # rising rates until one misses the SLO; the goodput is the highest that met it
+    assert [r["level"] for r in swept] in ([1.0], [1.0, 200.0])
+    assert all(r["meets_slo"] for r in swept[:-1]) and (len(swept) == 2 or not swept[0]["meets_slo"])
+    assert report["goodput"]["ours"] == max([r["level"] for r in swept if r["meets_slo"]], default=0.0)
+    assert runs[0]["images_per_request_mean"] == 2.5  # 1 and 4 images, alternating
     for run in runs:
+        assert run["flops_per_request"] > 0 and 0 < run["ceiling_share"] < 1
         assert run["completed"] == 6 and run["errors"] == 0, run["error_samples"]
         assert run["requests_per_s"] > 0 and run["output_tokens_per_s"] > 0
         for key in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
@@ -36,7 +45,7 @@ def test_serving_benchmark_smoke(tmp_path):
     assert len(turns["ttft_s_by_turn"]) == 4 and all(t > 0 for t in turns["ttft_s_by_turn"])
     assert report["settings"]["ceilings_gflops"]["float32"] > 0
     table = out.with_suffix(".md").read_text()
-    assert table.count("| ours |") == 4  # three load levels and the multi-turn row
+    assert table.count("| ours |") == 4 + len(swept)  # load levels, goodput rates, the multi-turn row
     assert "measured matmul ceilings" in table
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
@@ -71,3 +80,59 @@ def test_llamacpp_contenders_smoke(tmp_path):
     for name in ("llamacpp", "llamacpp-q8"):
         turns = report["multiturn"][name]
         assert turns["completed_turns"] == 4 and turns["errors"] == 0, turns["error_samples"]
+
+
+def _run(name: str, rps: float, ttft_p99: float, level=16, mode="concurrency") -> dict:
+    return {"contender": name, "mode": mode, "level": level, "requests_per_s": rps,
+            "ttft_s": {"p99": ttft_p99}}
+
+
+def test_ratios_are_judged_against_the_stronger_vllm():
+    from benchmarks.serving.report import goodput, ratios
+
+    runs = [_run("ours", 3.0, 1.0), _run("vllm", 2.0, 4.0), _run("vllm-tuned", 2.5, 2.0), _run("hf", 0.5, 9.0),
+            _run("ours", 9.0, 1.0, level=64)]
+    found = ratios(runs)
+    assert found["req/s ours / stronger vllm"] == 3.0 / 2.5 and found["stronger vllm is vllm-tuned"] == 1.0
+    assert found["p99 TTFT ours / stronger vllm"] == 0.5 and found["req/s ours / vllm"] == 1.5
+    assert found["req/s ours / hf"] == 6.0 and "p99 TTFT ours / hf" not in found
+    swept = [{**_run("ours", 1, 1, level=r, mode="goodput"), "meets_slo": ok} for r, ok in ((1, True), (2, True), (4, False))]
+    assert goodput(swept + [{**_run("vllm", 1, 1, level=1, mode="goodput"), "meets_slo": False}]) == {"ours": 2, "vllm": 0.0}
+
+
+def test_flops_count_every_weight_of_the_model(tmp_path):
+    """Linear work per token is 2 x the weights it multiplies, counted from a real model's
+    parameters (the formula reads only config.json)."""
+    from benchmarks.serving.flops import llm_flops, vision_flops
+    from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
+
+    spec = TinyLlavaSpec(vision_feature_layer=-1)
+    model = build_tiny_llava(tmp_path, spec)
+    config = json.loads((tmp_path / "config.json").read_text())
+    layers = model.model.language_model.layers
+    matrices = sum(p.numel() for n, p in layers.named_parameters() if n.endswith("weight") and p.ndim == 2)
+    vocab = model.lm_head.weight.numel()
+    attention = lambda tokens: config["text_config"]["num_hidden_layers"] * 2 * tokens * (tokens + 1) * spec.hidden_size
+    assert llm_flops(config, 10, 0) == 10 * 2 * matrices + attention(10)
+    assert llm_flops(config, 10, 5) == 15 * 2 * matrices + attention(15) + 5 * 2 * vocab
+    tower = model.model.vision_tower
+    tokens = (spec.image_size // spec.patch_size) ** 2 + 1
+    tower_matrices = sum(p.numel() for n, p in tower.encoder.named_parameters() if n.endswith("weight") and p.ndim == 2)
+    projector = sum(p.numel() for n, p in model.model.multi_modal_projector.named_parameters() if p.ndim == 2)
+    patch = tower.embeddings.patch_embedding.weight.numel()
+    scores = spec.vision_layers * 4 * tokens * tokens * spec.vision_hidden
+    assert vision_flops(config) == 2 * tokens * tower_matrices + scores + 2 * (tokens - 1) * (projector + patch)
+
+
+def test_profile_smoke():
+    """The in-process profile of ours runs and accounts for every part."""
+    cmd = [sys.executable, "-m", "benchmarks.serving.profile", "--config", "tiny", "--concurrency", "2",
+           "--num-requests", "4", "--output-tokens", "4", "--eager", "--dtype", "float32"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    parts = {row.split(" | ")[0].lstrip("| ") for row in rows}
+    assert {"vision tower", "projector", "LLM, decode-only steps", "LLM, steps with prefill", "logits",
+            "preprocessing (our processor)"} <= parts
+    calls = {row.split(" | ")[0].lstrip("| "): row.split(" | ")[3].rstrip(" |") for row in rows}
+    assert calls["preprocessing (our processor)"] == "4"  # one per distinct image, none from the warm-up's

@@ -16,8 +16,9 @@ SPEC = TinyLlavaSpec(image_size=32, patch_size=8, aspect_mode="pad", resampler="
 ORIGINAL_SPECIALS = ["<unk>", "<s>", "</s>"]  # no <image>, no <pad>: as Vicuna ships
 
 
-def make_original(root, *, projector="mlp2x_gelu", **mm_overrides):
-    """An original-repo LLaVA checkpoint (torch .bin) plus a separate CLIP directory."""
+def make_original(root, *, projector="mlp2x_gelu", newline=False, **mm_overrides):
+    """An original-repo LLaVA checkpoint (torch .bin) plus a separate CLIP directory;
+    ``newline``: with LLaVA-NeXT's ``model.image_newline``."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -40,6 +41,8 @@ def make_original(root, *, projector="mlp2x_gelu", **mm_overrides):
         })
     else:
         state.update({"model.mm_projector.weight": torch.randn(128, 64) * 0.1, "model.mm_projector.bias": torch.randn(128) * 0.1})
+    if newline:
+        state["model.image_newline"] = torch.randn(128)
     torch.save(state, src / "pytorch_model.bin")
     cfg = text.to_dict() | {
         "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
@@ -119,7 +122,12 @@ def test_rename_table():
         ({"mm_use_im_start_end": True}, "mm_use_im_start_end"),
         ({"mm_projector_type": "mlp3x_gelu"}, "mlp3x_gelu"),
         ({"mm_vision_select_feature": "cls"}, "mm_vision_select_feature"),
-        ({"image_aspect_ratio": "anyres"}, "anyres"),
+        ({"image_aspect_ratio": "anyres_max_9", "mm_patch_merge_type": "spatial_unpad"}, "anyres_max_9"),
+        ({"image_aspect_ratio": "anyres", "image_grid_pinpoints": [[64, 32]]}, "mm_patch_merge_type 'flat'"),
+        ({"image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad", "image_grid_pinpoints": "(1x1),(2x2)"},
+         "image_grid_pinpoints"),
+        ({"image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad", "image_grid_pinpoints": [[64, 32]]},
+         "model.image_newline"),
     ],
 )
 def test_unsupported_sources_fail_clearly_and_write_nothing(tmp_path, overrides, message):
@@ -152,3 +160,41 @@ def test_aspect_ratio_means_the_same_to_converter_and_loader(tmp_path, original,
     from_original = ImageProcessingConfig.from_hf_dict(raw, SPEC.image_size).aspect_mode
     assert written["image_aspect_ratio"] == from_file == from_original == expected
     assert written["do_pad"] == (expected == "pad")
+
+
+# Original pinpoints are (width, height): one wide 2x1 grid and one tall 1x3 grid.
+ORIGINAL_NEXT = {"image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad",
+                 "image_grid_pinpoints": [[64, 32], [32, 96]]}
+
+
+def test_original_anyres_becomes_llava_next(tmp_path, engine_factory):
+    """An original LLaVA-NeXT checkpoint converts to the NeXT layout: every tensor and the
+    newline carried over, pinpoints as (height, width), and served like transformers."""
+    from transformers import AutoTokenizer, LlavaNextForConditionalGeneration
+
+    from llava_model.anyres import AnyresLayout
+    from tests.reference import hf_next_greedy
+
+    src, clip, state = make_original(tmp_path, newline=True, **ORIGINAL_NEXT)
+    out = convert(ConvertOptions(src, clip, tmp_path / "hf"))
+    model, info = LlavaNextForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(model.model.image_newline.data, state["model.image_newline"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlavaNextForConditionalGeneration"]
+    assert config["image_grid_pinpoints"] == [[32, 64], [96, 32]]
+    written = json.loads((out / "preprocessor_config.json").read_text())
+    assert written["image_grid_pinpoints"] == [[32, 64], [96, 32]]
+    # The original tiles a wide image 1 row x 2 columns, a tall one 3 rows x 1 column; so does the result.
+    layout = AnyresLayout.from_config(model.config)
+    assert layout.grid(30, 70) == (1, 2) and layout.grid(90, 25) == (3, 1)
+
+    tok = AutoTokenizer.from_pretrained(out)
+    llm = engine_factory(out)
+    prompt = "USER: <image>\nWhat is in the image? ASSISTANT:"
+    params = SamplingParams(max_tokens=16, min_tokens=16, temperature=0.0)
+    for image in (photo_like(70, 30, seed=1), photo_like(25, 90, seed=2)):
+        ours = llm.generate([{"prompt": prompt, "multi_modal_data": {"image": image}}], params, use_tqdm=False)
+        want, length = hf_next_greedy(model.eval(), tok(prompt)["input_ids"], [image], tok.pad_token_id, 16)
+        assert len(ours[0].prompt_token_ids) == length
+        assert list(ours[0].outputs[0].token_ids) == want

@@ -73,7 +73,10 @@ def test_missing_tensors_rule():
     params = ["m.qkv_proj.weight", "m.qkv_proj.bias", "m.o_proj.weight", "m.qkv_proj.weight_scale"]
     seen = {"m.q_proj.weight", "m.k_proj.weight", "m.v_proj.weight", "m.q_proj.bias", "m.o_proj.weight"}
     loaded = {"m.qkv_proj.weight", "m.qkv_proj.bias", "m.o_proj.weight"}
-    assert missing_tensors(params, loaded, seen, packed) == ["m.k_proj.bias", "m.qkv_proj.weight_scale", "m.v_proj.bias"]
+    # a quantised packed layer's scales are needed per shard too (llava_model.completeness)
+    assert missing_tensors(params, loaded, seen, packed) == [
+        "m.k_proj.bias", "m.k_proj.weight_scale", "m.q_proj.weight_scale", "m.v_proj.bias", "m.v_proj.weight_scale"
+    ]
     fused = {"m.qkv_proj.weight"}
     assert missing_tensors(["m.qkv_proj.weight"], fused, fused, packed) == []
     assert missing_tensors(["m.qkv_proj.weight"], set(), set(), packed) == [

@@ -263,13 +263,15 @@ def test_converter_writes_chunks_and_readers_default_to_whole(built, tmp_path):
 
 
 def _chat_service(hf_config, model_dir, tokenizer):
+    from llava_model.anyres import ImageTokenCount
     from server.chat.serving import ChatService
     from server.chat.templates import choose_template
 
     llm = SimpleNamespace(get_tokenizer=lambda: tokenizer, model_config=SimpleNamespace(hf_config=hf_config))
     settings = SimpleNamespace(model_dir=lambda: model_dir)
     return ChatService(engine=SimpleNamespace(llm=llm), template=choose_template("vicuna_v1", tokenizer, "llama"),
-                       images=None, metrics=None, limiter=None, settings=settings, image_tokens=16)
+                       images=None, metrics=None, limiter=None, settings=settings,
+                       image_tokens=ImageTokenCount(least=16))
 
 
 def test_server_tokenises_as_the_model_config_says(built, tmp_path):

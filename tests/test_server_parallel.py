@@ -140,8 +140,8 @@ def test_pipeline_parallel_on_cpu_is_refused(model_dir):
          "FooForCausalLM", "LlavaForConditionalGeneration"),
         (lambda c: c["vision_config"].update(model_type="bogus"),
          "'bogus'", "clip_vision_model"),
-        (lambda c: c.update(quantization_config={"quant_method": "awq", "bits": 4}),
-         "'awq'", "supported: none"),
+        (lambda c: c.update(quantization_config={"quant_method": "bitsandbytes"}),
+         "'bitsandbytes'", "supported: compressed-tensors"),
     ],
     ids=["architecture", "vision-tower", "quantisation"],
 )

@@ -173,6 +173,11 @@ def summarize(cfg: LoadConfig, results: list[Result], duration: float) -> dict:
         "tpot_s": _stats(tpots),
         "itl_s": _stats([x for r in good for x in r.itls]),
         "e2e_s": _stats([r.latency for r in good]),
+        "prompt_tokens_mean": statistics.fmean(r.prompt_tokens for r in good) if good else 0.0,
+        "output_tokens_mean": tokens / len(good) if good else 0.0,
+        "images_per_request_mean": statistics.fmean(
+            cfg.images_per_request[i % len(cfg.images_per_request)] for i in range(len(results))
+        ) if results else 0.0,
     }
 
 

@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 COLUMNS = ["contender", "mode", "level", "completed", "errors", "req/s", "out tok/s", "TTFT mean", "TTFT p50",
-           "TTFT p99", "TPOT mean", "ITL p99", "E2E p50", "E2E p99"]
+           "TTFT p99", "TPOT mean", "TPOT p99", "ITL p99", "E2E p50", "E2E p99", "share of ceiling"]
+VLLM_CONFIGS = ("vllm", "vllm-tuned")
 
 
 def _row(run: dict) -> dict:
@@ -14,25 +15,43 @@ def _row(run: dict) -> dict:
         "errors": run["errors"], "req/s": f"{run['requests_per_s']:.2f}",
         "out tok/s": f"{run['output_tokens_per_s']:.1f}", "TTFT mean": ms(run["ttft_s"]["mean"]),
         "TTFT p50": ms(run["ttft_s"]["p50"]), "TTFT p99": ms(run["ttft_s"]["p99"]),
-        "TPOT mean": ms(run["tpot_s"]["mean"]), "ITL p99": ms(run["itl_s"]["p99"]),
-        "E2E p50": ms(run["e2e_s"]["p50"]), "E2E p99": ms(run["e2e_s"]["p99"]),
+        "TPOT mean": ms(run["tpot_s"]["mean"]), "TPOT p99": ms(run["tpot_s"]["p99"]),
+        "ITL p99": ms(run["itl_s"]["p99"]), "E2E p50": ms(run["e2e_s"]["p50"]), "E2E p99": ms(run["e2e_s"]["p99"]),
+        "share of ceiling": f"{run['ceiling_share']:.1%}" if "ceiling_share" in run else "",
     }
 
 
 def ratios(runs: list[dict], level: int = 16) -> dict[str, float]:
-    """The goal ratios at one concurrency: ours vs vLLM's built-in, the HF worker and llama.cpp."""
+    """The goal ratios at one concurrency: ours vs each other contender, and vs the stronger
+    vLLM configuration (the one with more req/s), which the goals are judged against."""
     at = {r["contender"]: r for r in runs if r["mode"] == "concurrency" and r["level"] == level}
     out = {}
-    if "ours" in at and "vllm" in at and at["vllm"]["requests_per_s"]:
-        out["req/s ours / vllm"] = at["ours"]["requests_per_s"] / at["vllm"]["requests_per_s"]
-        out["p99 TTFT ours / vllm"] = at["ours"]["ttft_s"]["p99"] / max(at["vllm"]["ttft_s"]["p99"], 1e-9)
-    if "ours" in at and "hf" in at and at["hf"]["requests_per_s"]:
-        out["req/s ours / hf"] = at["ours"]["requests_per_s"] / at["hf"]["requests_per_s"]
-    for other in ("llamacpp", "llamacpp-q8"):
-        if "ours" in at and other in at and at[other]["requests_per_s"]:
-            out[f"req/s ours / {other}"] = at["ours"]["requests_per_s"] / at[other]["requests_per_s"]
-            out[f"p99 TTFT ours / {other}"] = at["ours"]["ttft_s"]["p99"] / max(at[other]["ttft_s"]["p99"], 1e-9)
+    if "ours" not in at:
+        return out
+    ours = at["ours"]
+    vllms = [name for name in VLLM_CONFIGS if name in at]
+    if vllms:
+        strongest = max(vllms, key=lambda name: at[name]["requests_per_s"])
+        at = {**at, "stronger vllm": at[strongest]}
+        out["stronger vllm is vllm-tuned"] = float(strongest == "vllm-tuned")
+    for name, run in at.items():
+        if name == "ours" or not run["requests_per_s"]:
+            continue
+        out[f"req/s ours / {name}"] = ours["requests_per_s"] / run["requests_per_s"]
+        if name != "hf":
+            out[f"p99 TTFT ours / {name}"] = ours["ttft_s"]["p99"] / max(run["ttft_s"]["p99"], 1e-9)
     return out
+
+
+def goodput(runs: list[dict]) -> dict[str, float]:
+    """Per contender: the highest swept rate (req/s offered) whose run met the SLO; 0 if none."""
+    best: dict[str, float] = {}
+    for run in runs:
+        if run["mode"] == "goodput":
+            best.setdefault(run["contender"], 0.0)
+            if run.get("meets_slo"):
+                best[run["contender"]] = max(best[run["contender"]], run["level"])
+    return best
 
 
 def markdown(runs: list[dict], cross_check: dict | None, settings: dict, multiturn: dict | None = None) -> str:
@@ -48,6 +67,11 @@ def markdown(runs: list[dict], cross_check: dict | None, settings: dict, multitu
     found = ratios(runs)
     if found:
         text += ["", "At concurrency 16: " + ", ".join(f"{k} = {v:.2f}" for k, v in found.items())]
+    found_goodput = goodput(runs)
+    if found_goodput:
+        rates = ", ".join(f"{k} {v:g} req/s" for k, v in found_goodput.items())
+        text += ["", ("Goodput (the highest offered rate, Poisson arrivals, at which every request completed with "
+                      f"p99 TTFT <= 2 s and p99 TPOT <= 200 ms; 0: none of the swept rates): {rates}")]
     if cross_check:
         text += ["", "vLLM's benchmark client against ours (concurrency 16): " + json.dumps(cross_check)]
     if multiturn:
@@ -90,8 +114,8 @@ def plot(runs: list[dict], path: Path) -> None:
 def write_report(
     out: Path, runs: list[dict], cross_check: dict | None, settings: dict, multiturn: dict | None = None
 ) -> None:
-    payload = {"settings": settings, "runs": runs, "ratios_at_16": ratios(runs), "vllm_client": cross_check,
-               "multiturn": multiturn or {}}
+    payload = {"settings": settings, "runs": runs, "ratios_at_16": ratios(runs), "goodput": goodput(runs),
+               "vllm_client": cross_check, "multiturn": multiturn or {}}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str))
     out.with_suffix(".md").write_text(markdown(runs, cross_check, settings, multiturn))
     plot(runs, out.with_suffix(".png"))

@@ -4,10 +4,19 @@
     python -m benchmarks.serving.run --config tiny --contenders ours --concurrency 2 --num-requests 6
 
 Contenders: ``ours`` (llava-serve), ``vllm`` (vLLM's own OpenAI server and built-in
-LLaVA, from the baseline venv made by baseline_venv.sh), ``hf`` (per-request
-transformers worker), ``llamacpp`` / ``llamacpp-q8`` (llama.cpp's native server, built from
-llama-cpp-python's sdist by llamacpp_venv.sh, on the same checkpoint converted to GGUF by
-gguf.py: LLM weights in ``--dtype`` (bf16 or f16) or q8_0, the vision tower in f16).
+LLaVA, from the baseline venv made by baseline_venv.sh, as shipped), ``vllm-tuned`` (the
+same server with the CPU settings ours applies: no core reserved for the front end on a
+small machine, our KV-cache block size), ``hf`` (per-request transformers worker),
+``llamacpp`` / ``llamacpp-q8`` (llama.cpp's native server, built from llama-cpp-python's
+sdist by llamacpp_venv.sh, on the same checkpoint converted to GGUF by gguf.py: LLM
+weights in ``--dtype`` (bf16 or f16) or q8_0, the vision tower in f16).
+
+Scenarios: closed loop at each ``--concurrency``; open loop at each ``--rate``; the
+goodput sweep (``--goodput R1 R2 ...``: open loop at rising rates, the highest rate whose
+p99 TTFT and p99 TPOT meet the SLO); ``--multiturn``; image count and size per request
+(``--images-per-request``, ``--image-size``). Every run reports its share of this
+machine's measured matmul ceiling (``benchmarks.serving.flops``).
+
 Writes ``<out>.json``, ``<out>.md`` and ``<out>.png``; with ``--vllm-client`` also runs
 vLLM's own benchmark client against ours as a cross-check.
 """
@@ -26,18 +35,22 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.serving.flops import ceiling_share, request_flops
 from benchmarks.serving.loadgen import LoadConfig, run_load
-from benchmarks.serving.multiturn import MultiTurnConfig, run_multiturn
 from benchmarks.serving.models import CONFIGS, ensure_model
+from benchmarks.serving.multiturn import MultiTurnConfig, run_multiturn
 from benchmarks.serving.report import write_report
 from kernels.ceiling import ceilings
 from llava_model.chat_format import IMAGE, chat_template
 
-CONTENDERS = ["ours", "vllm", "hf", "llamacpp", "llamacpp-q8"]
 BASELINE_PYTHON = Path(".venv-baseline/bin/python")
 LLAMA_SERVER = Path(".llamacpp/bin/llama-server")
 LLAMACPP_PYTHON = Path(".llamacpp/venv/bin/python")
 GGUF_TYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
+# The goodput SLO (issue: p99 TTFT <= 2 s and p99 TPOT <= 200 ms).
+SLO_TTFT_P99_S = 2.0
+SLO_TPOT_P99_S = 0.2
+CONTENDERS = ("ours", "vllm", "vllm-tuned", "hf", "llamacpp", "llamacpp-q8")
 
 
 @dataclass
@@ -101,24 +114,32 @@ def llamacpp_cmd(model: Path, outtype: str, served: str, port: int, args, logs: 
 
 def contenders(model: Path, served: str, port: int, args, vicuna_jinja: Path) -> dict[str, Contender]:
     """``vicuna_jinja``: vicuna_v1 as a Jinja file, for vLLM's server (ours has it built in)."""
+    from server.engine import CPU_BLOCK_SIZE, RESERVED_ENV
+
     eager = ["--enforce-eager"] if args.eager else []
     eager += ["--block-size", str(args.block_size)] if args.block_size else []
     common_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(args.kv_cache_gb)))}
     common_env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     llamacpp_env = {**os.environ, "LLAMA_MEDIA_MARKER": IMAGE}
+    images = str(max(2, *args.images_per_request))
+    vllm_cmd = [
+        str(BASELINE_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--served-model-name", served, "--port", str(port), "--max-model-len", str(args.max_model_len),
+        "--max-num-seqs", "64", "--limit-mm-per-prompt", json.dumps({"image": int(images)}), "--dtype", args.dtype,
+        "--chat-template", str(vicuna_jinja), *eager,
+    ]
+    # What ours sets on a CPU engine (server.engine.cpu_engine_env, CPU_BLOCK_SIZE), given to vLLM too.
+    tuned = ["--block-size", str(CPU_BLOCK_SIZE)] if not args.block_size else []
     return {
         "ours": Contender("ours", [
             sys.executable, "-m", "server", "--model", str(model), "--served-model-name", served,
             "--port", str(port), "--max-model-len", str(args.max_model_len), "--kv-cache-gb", str(args.kv_cache_gb),
-            "--max-num-seqs", "64", "--limit-images-per-prompt", "2", "--dtype", args.dtype,
+            "--max-num-seqs", "64", "--limit-images-per-prompt", images, "--dtype", args.dtype,
             "--max-inflight", "4096", "--log-level", "warning", *eager,
         ], common_env),
-        "vllm": Contender("vllm", [
-            str(BASELINE_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", served, "--port", str(port), "--max-model-len", str(args.max_model_len),
-            "--max-num-seqs", "64", "--limit-mm-per-prompt", json.dumps({"image": 2}), "--dtype", args.dtype,
-            "--chat-template", str(vicuna_jinja), *eager,
-        ], {**common_env, "VLLM_PLUGINS": ""}),
+        "vllm": Contender("vllm", vllm_cmd, {**common_env, "VLLM_PLUGINS": ""}),
+        "vllm-tuned": Contender("vllm-tuned", [*vllm_cmd, *tuned],
+                                {**common_env, "VLLM_PLUGINS": "", RESERVED_ENV: "0"}),
         "hf": Contender("hf", [
             sys.executable, "-m", "benchmarks.serving.hf_worker", "--model", str(model),
             "--served-model-name", served, "--port", str(port), "--dtype", args.dtype,
@@ -179,12 +200,32 @@ def vllm_client(base: str, served: str, model: Path, args, out_dir: Path) -> dic
     return {k: data.get(k) for k in keep}
 
 
+def meets_slo(summary: dict) -> bool:
+    """Every request completed, p99 TTFT and p99 TPOT within the goodput SLO."""
+    return (
+        summary["errors"] == 0
+        and summary["ttft_s"]["p99"] <= SLO_TTFT_P99_S
+        and summary["tpot_s"]["p99"] <= SLO_TPOT_P99_S
+    )
+
+
+def _work(summary: dict, model: Path, machine: dict[str, float], dtype: str) -> dict:
+    """FLOPs per request from the config and the run's token counts, and the share of the
+    measured matmul ceiling in ``dtype`` the run's request rate amounts to."""
+    flops = request_flops(model, summary["prompt_tokens_mean"], summary["output_tokens_mean"],
+                          summary["images_per_request_mean"])
+    return {"flops_per_request": flops,
+            "ceiling_share": ceiling_share(summary["requests_per_s"], flops, machine.get(dtype, 0.0))}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="small", choices=list(CONFIGS))
-    p.add_argument("--contenders", nargs="+", default=["ours", "vllm", "hf"], choices=CONTENDERS)
+    p.add_argument("--contenders", nargs="+", default=["ours", "vllm", "vllm-tuned", "hf"], choices=CONTENDERS)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--rate", type=float, nargs="*", default=[], help="also open-loop runs at these req/s")
+    p.add_argument("--goodput", type=float, nargs="*", default=[], metavar="RATE",
+                   help="goodput sweep (not for hf): open loop at these rising req/s until the SLO fails")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--hf-num-requests", type=int, default=16, help="the per-request worker is slow")
     p.add_argument("--hf-concurrency", type=int, nargs="+", default=[1, 16])
@@ -217,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"measured matmul ceilings, GFLOP/s: {machine}", flush=True)
     for name in args.contenders:
         contender = contenders(model, served, args.port, args, vicuna_jinja)[name]
-        if name == "vllm" and not BASELINE_PYTHON.exists():
+        if name.startswith("vllm") and not BASELINE_PYTHON.exists():
             raise SystemExit("no baseline venv: run `bash benchmarks/serving/baseline_venv.sh` first")
         if name.startswith("llamacpp") and not (LLAMA_SERVER.exists() and LLAMACPP_PYTHON.exists()):
             raise SystemExit("no llama.cpp build: run `bash benchmarks/serving/llamacpp_venv.sh` first")
@@ -229,23 +270,33 @@ def main(argv: list[str] | None = None) -> None:
             levels = args.hf_concurrency if name == "hf" else args.concurrency
             count = args.hf_num_requests if name == "hf" else args.num_requests
             modes = [("concurrency", c) for c in levels] + ([] if name == "hf" else [("rate", r) for r in args.rate])
+            modes += [] if name == "hf" else [("goodput", r) for r in sorted(args.goodput)]
+            missed_slo = False
             for index, (mode, value) in enumerate(modes):
+                if mode == "goodput" and missed_slo:
+                    continue  # a higher rate would only miss it by more
                 # Fresh prompts and images for every level (the same for every contender): a
                 # repeated request would be served from the engine's prefix and image caches.
                 cfg = LoadConfig(
                     seed=1 + index,
                     base_url=base, model=served, num_requests=count,
                     concurrency=value if mode == "concurrency" else None,
-                    rate=value if mode == "rate" else None, image_size=tuple(args.image_size),
+                    rate=None if mode == "concurrency" else value, image_size=tuple(args.image_size),
                     image_kind=args.image_kind, images_per_request=tuple(args.images_per_request),
                     input_words=args.input_words, output_tokens=args.output_tokens,
                     keepalive=not name.startswith("llamacpp"),
                 )
                 summary = asyncio.run(run_load(cfg))
-                summary.update(contender=name, mode=mode, level=value)
+                summary.update(contender=name, mode=mode, level=value, **_work(summary, model, machine, args.dtype))
+                if mode == "goodput":
+                    summary["meets_slo"] = meets_slo(summary)
+                    missed_slo = not summary["meets_slo"]
                 runs.append(summary)
                 print(f"   {mode}={value}: {summary['requests_per_s']:.2f} req/s, "
-                      f"p99 TTFT {summary['ttft_s']['p99']:.2f} s, errors {summary['errors']}", flush=True)
+                      f"p99 TTFT {summary['ttft_s']['p99']:.2f} s, p99 TPOT {summary['tpot_s']['p99'] * 1e3:.0f} ms, "
+                      f"{summary['ceiling_share']:.1%} of the {args.dtype} ceiling, errors {summary['errors']}"
+                      + (f", SLO {'met' if summary['meets_slo'] else 'missed'}" if mode == "goodput" else ""),
+                      flush=True)
             if args.multiturn and name != "hf":
                 # chat-sized turns (MultiTurnConfig's), so four of them fit the context
                 multiturn[name] = asyncio.run(run_multiturn(MultiTurnConfig(

@@ -36,14 +36,14 @@ _GREEDY_BELOW = 1e-5  # vLLM decodes greedily below this temperature
 
 
 class ChatService:
-    def __init__(self, *, engine, template: ChatTemplate, images, metrics, limiter, settings, image_tokens: int):
+    def __init__(self, *, engine, template: ChatTemplate, images, metrics, limiter, settings, image_tokens):
         self.engine = engine
         self.template = template
         self.images = images
         self.metrics = metrics
         self.limiter = limiter
         self.settings = settings
-        self.image_tokens = image_tokens
+        self.image_tokens = image_tokens  # llava_model.anyres.ImageTokenCount
         self.tokenizer = engine.llm.get_tokenizer()
         # How this checkpoint was trained to read prompts (llava_model.prompt_ids), read once:
         # the engine's config, else the model directory's config.json.
@@ -124,18 +124,24 @@ class ChatService:
         if ids.count(image_id) != len(urls):
             raise bad_request(f"chat template {self.template.name!r} placed {ids.count(image_id)} image "
                               f"placeholder(s) for {len(urls)} image(s) in these messages", param="messages")
-        prompt_len = len(ids) + len(urls) * (self.image_tokens - 1)
-        if prompt_len >= self.engine.max_model_len:
-            raise bad_request(
-                f"the prompt is {prompt_len} tokens (images included), the model's limit is "
-                f"{self.engine.max_model_len}", param="messages", code="context_length_exceeded")
+        # Checked before loading with the fewest tokens an image can cost, then with the exact count
+        # (which, for LLaVA-NeXT, depends on each image's size).
+        self._check_length(len(ids) + len(urls) * (self.image_tokens.least - 1))
         images = await self.images.load_all(urls, media) if urls else []
+        prompt_len = len(ids) + sum(self.image_tokens(p.image.height, p.image.width) - 1 for p in images)
+        self._check_length(prompt_len)
         prompt = {"prompt_token_ids": ids}
         if images:
             prompt["multi_modal_data"] = {"image": [p.image for p in images]}
             # Our content hash names each image, so vLLM's caches need no pixel hash of their own.
             prompt["multi_modal_uuids"] = {"image": [p.key for p in images]}
         return prompt, prompt_len, len(urls)
+
+    def _check_length(self, prompt_len: int) -> None:
+        if prompt_len >= self.engine.max_model_len:
+            raise bad_request(
+                f"the prompt is {prompt_len} tokens (images included), the model's limit is "
+                f"{self.engine.max_model_len}", param="messages", code="context_length_exceeded")
 
     def _token_ids(self, messages) -> list[int]:
         try:

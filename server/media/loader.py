@@ -35,9 +35,11 @@ class ImageLoader:
         processing: ImageProcessingConfig,
         metrics=None,
         resolver: Resolver | None = None,
+        geometry: bool = True,
     ):
         self.settings = settings
         self.processing = processing
+        self.geometry = geometry  # False: the engine's processor needs the image as it is (anyres)
         self.metrics = metrics
         self.fetcher = Fetcher(
             AddressPolicy(settings.allowed_image_hosts),
@@ -157,7 +159,7 @@ class ImageLoader:
         preprocessing has only the normalisation left to do. (Only where doing the geometry
         twice changes nothing: a resize target equal to the crop.)"""
         image = to_rgb(decode_image(data, max_pixels=self.settings.max_image_pixels))
-        if self.processing.shortest_edge != self.processing.image_size:
+        if not self.geometry or self.processing.shortest_edge != self.processing.image_size:
             return image
         return Image.fromarray(fit_geometry(image, self.processing))
 
