@@ -91,6 +91,7 @@ def check_model_config(
             f"{path}: architecture {', '.join(map(str, unsupported))} is not supported; "
             f"this server serves LLaVA models only: {', '.join(ARCHITECTURES)}"
         )
+    _check_context_length(settings, config, path, environ)
     if not _our_plugin_loads(environ):
         return None
 
@@ -122,6 +123,32 @@ def check_model_config(
             f"{support.dtypes[0]}"
         )
     return support
+
+
+# Where a config states its longest sequence (vLLM reads the same keys and takes the smallest).
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+
+
+def _check_context_length(settings: ServerSettings, config: dict, path: Path, environ: Mapping[str, str]) -> None:
+    """``--max-model-len`` above what the LLM's positions cover, refused by name before vLLM
+    would fail on it deep inside the engine's start. Models whose RoPE scaling stretches the
+    limit, and ``VLLM_ALLOW_LONG_MAX_MODEL_LEN=1``, are left to vLLM."""
+    wanted = settings.max_model_len
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    if wanted is None or environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") == "1":
+        return
+    if text.get("rope_scaling") or (text.get("rope_parameters") or {}).get("factor"):
+        return
+    limits = {key: text[key] for key in _LENGTH_KEYS if isinstance(text.get(key), int)}
+    if not limits:
+        return
+    key = min(limits, key=limits.get)
+    if wanted > limits[key]:
+        raise UnsupportedModelError(
+            f"--max-model-len {wanted} is longer than this model's {key} ({limits[key]} in {path}); "
+            f"use --max-model-len {limits[key]} or less"
+        )
 
 
 def _check_anyres(settings: ServerSettings, config: dict, path: Path) -> None:

@@ -156,3 +156,12 @@ def test_unsupported_model_is_refused_by_name(model_dir, tmp_path, change, named
     assert named in done.stderr and supported in done.stderr, done.stderr[-2000:]
     assert "not supported" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_max_model_len_beyond_the_models_positions_is_refused(model_dir, tmp_path):
+    """vLLM would fail on it inside the engine's start (a traceback, exit 3); refused by name."""
+    limit = json.loads((model_dir / "config.json").read_text())["text_config"]["max_position_embeddings"]
+    done, _ = _serve(str(model_dir), "--max-model-len", str(limit * 2))
+    assert done.returncode != 0
+    assert f"--max-model-len {limit * 2} is longer than this model's max_position_embeddings ({limit}" in done.stderr
+    assert "Traceback" not in done.stderr
