@@ -64,8 +64,11 @@ baseline:
 llamacpp: install
 	bash benchmarks/serving/llamacpp_venv.sh
 
-bench: install baseline
-	$(PY) -m benchmarks.serving.run --config small --vllm-client
+# Every contender (vLLM as shipped and tuned like ours, llama.cpp at bf16 and q8_0, the
+# transformers worker), closed loop, the goodput sweep and multi-turn, in one run.
+bench: install baseline llamacpp
+	$(PY) -m benchmarks.serving.run --config small --vllm-client \
+		--contenders ours vllm vllm-tuned llamacpp llamacpp-q8 hf --goodput 0.5 1 1.5 2 3 --multiturn 4
 
 clean:
 	rm -rf $(VENV) models/tiny models/bench models/default-rebuild models/default-rebuild.work

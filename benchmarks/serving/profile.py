@@ -49,7 +49,6 @@ TIMERS = Timers()
 def _install(model) -> str:
     """Wrap the model's parts (runs inside the engine's worker: this process)."""
     decode_limit = model._profile_decode_limit
-    llm = model.language_model.model
     projector = model.multi_modal_projector
     projector.forward = TIMERS.wrap("projector", projector.forward)
     model.encode_images = TIMERS.wrap("vision tower + projector", model.encode_images)
@@ -57,7 +56,8 @@ def _install(model) -> str:
     def llm_part(input_ids, positions, *args, **kwargs):
         return "LLM, decode-only steps" if positions.shape[-1] <= decode_limit else "LLM, steps with prefill"
 
-    llm.forward = TIMERS.wrap(llm_part, llm.forward)
+    # our class's forward (the LLM's own is compiled by vLLM, which bypasses an instance wrapper)
+    model.forward = TIMERS.wrap(llm_part, model.forward)
     model.compute_logits = TIMERS.wrap("logits", model.compute_logits)
     return "installed"
 
