@@ -310,16 +310,22 @@ def preprocess_anyres(
     each image's (height, width)), for LLaVA-NeXT. ``cfg.shortest_edge`` must be the side."""
     arrays, counts, sizes = [], [], []
     for index, raw in enumerate(images):
-        try:
-            rgb = to_rgb(as_pil(raw))
-            _check_size(rgb, cfg.max_pixels)
-        except ImageError as exc:
-            raise ImageError(f"image {index}: {exc}") from None
+        rgb = _rgb(index, raw, cfg)
         tiles = anyres_tiles(rgb, cfg, pinpoints)
         arrays.append(tiles)
         counts.append(len(tiles))
         sizes.append((rgb.height, rgb.width))
     return _normalise(torch.from_numpy(np.concatenate(arrays)), cfg, dtype, backend), counts, sizes
+
+
+def _rgb(index: int, raw: object, cfg: ImageProcessingConfig) -> Image.Image:
+    """Image ``index`` of a request as 8-bit RGB within the pixel limit; errors name it."""
+    try:
+        rgb = to_rgb(as_pil(raw))
+        _check_size(rgb, cfg.max_pixels)
+    except ImageError as exc:
+        raise ImageError(f"image {index}: {exc}") from None
+    return rgb
 
 
 def _normalise(batch: torch.Tensor, cfg: ImageProcessingConfig, dtype: torch.dtype, backend: str | None):
@@ -342,12 +348,5 @@ def preprocess_images(
 
     ``backend``: the normalisation kernel resolved at set-up (``kernels.dispatch``).
     """
-    arrays = []
-    for index, raw in enumerate(images):
-        try:
-            rgb = to_rgb(as_pil(raw))
-            _check_size(rgb, cfg.max_pixels)
-        except ImageError as exc:
-            raise ImageError(f"image {index}: {exc}") from None
-        arrays.append(fit_geometry(rgb, cfg))
+    arrays = [fit_geometry(_rgb(index, raw, cfg), cfg) for index, raw in enumerate(images)]
     return _normalise(torch.from_numpy(np.stack(arrays)), cfg, dtype, backend)  # from (B, S, S, 3) uint8

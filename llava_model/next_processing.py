@@ -7,14 +7,13 @@ image by ``num_tiles``), with each image's (height, width) in ``image_sizes``. I
 from the size, before the engine runs.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import cached_property
 
 import torch
 from transformers import BatchFeature, LlavaNextConfig
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
-from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems, MultiModalDataItems
-from vllm.multimodal.processing import PromptReplacement, PromptUpdate
+from vllm.multimodal.parse import ImageProcessorItems
 
 from llava_model.anyres import AnyresLayout
 from llava_model.image_processing import ImageProcessingConfig, preprocess_anyres
@@ -112,25 +111,11 @@ class LlavaNextMultiModalProcessor(LlavaMultiModalProcessor):
             "image_embeds": MultiModalFieldConfig.batched("image"),
         }
 
-    def _get_prompt_updates(
-        self,
-        mm_items: MultiModalDataItems,
-        hf_processor_mm_kwargs: Mapping[str, object],
-        out_mm_kwargs: MultiModalKwargsItems,
-    ) -> Sequence[PromptUpdate]:
-        token_id = self.info.image_token_id
-        layout = self.info.layout
-
-        def replacement(item_idx: int) -> list[int]:
-            images = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
-            if isinstance(images, ImageEmbeddingItems):
-                return [token_id] * images.get_feature_size(item_idx)
-            processed = out_mm_kwargs.get("image", [None] * (item_idx + 1))[item_idx]
-            if processed is not None:  # the size the image had when it was tiled
-                height, width = processed["image_sizes"].data.tolist()
-            else:
-                size = images.get_image_size(item_idx)
-                height, width = size.height, size.width
-            return [token_id] * layout.tokens(height, width)
-
-        return [PromptReplacement(modality="image", target=[token_id], replacement=replacement)]
+    def _image_tokens(self, images: ImageProcessorItems, item_idx: int, out_mm_kwargs: MultiModalKwargsItems) -> int:
+        processed = out_mm_kwargs.get("image", [None] * (item_idx + 1))[item_idx]
+        if processed is not None:  # the size the image had when it was tiled (after EXIF orientation)
+            height, width = processed["image_sizes"].data.tolist()
+        else:
+            size = images.get_image_size(item_idx)
+            height, width = size.height, size.width
+        return self.info.layout.tokens(height, width)

@@ -143,9 +143,13 @@ class LlavaMultiModalProcessor(BaseMultiModalProcessor[LlavaProcessingInfo]):
             images = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
             if isinstance(images, ImageEmbeddingItems):
                 return [token_id] * images.get_feature_size(item_idx)
-            return [token_id] * self.info.num_image_tokens
+            return [token_id] * self._image_tokens(images, item_idx, out_mm_kwargs)
 
         return [PromptReplacement(modality="image", target=[token_id], replacement=replacement)]
+
+    def _image_tokens(self, images: ImageProcessorItems, item_idx: int, out_mm_kwargs: MultiModalKwargsItems) -> int:
+        """Image tokens for image ``item_idx`` (LLaVA-1.5: the same for every image)."""
+        return self.info.num_image_tokens
 
     def _maybe_apply_prompt_updates(self, mm_items, mm_res):
         placeholders = mm_res.prompt_ids.count(self.info.image_token_id)

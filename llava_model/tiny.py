@@ -215,28 +215,7 @@ def preprocessor_config(spec: TinyLlavaSpec) -> dict:
             "resample": 3,
             "resampler": spec.resampler,
         }
-    if spec.grid_pinpoints is not None:  # LlavaNextImageProcessor's file
-        return {
-            "image_processor_type": "LlavaNextImageProcessor",
-            "image_grid_pinpoints": [list(p) for p in spec.grid_pinpoints],
-            "size": {"shortest_edge": spec.image_size},
-            "crop_size": {"height": spec.image_size, "width": spec.image_size},
-            "do_resize": True,
-            "do_center_crop": True,
-            "do_rescale": True,
-            "rescale_factor": 1 / 255,
-            "do_normalize": True,
-            "do_convert_rgb": True,
-            "do_pad": True,
-            "image_mean": list(OPENAI_CLIP_MEAN),
-            "image_std": list(OPENAI_CLIP_STD),
-            "resample": 3,
-            "resampler": spec.resampler,
-        }
-    return {
-        "image_processor_type": "LlavaImageProcessor" if spec.aspect_mode == "pad" else "CLIPImageProcessor",
-        "do_pad": spec.aspect_mode == "pad",
-        "image_aspect_ratio": spec.aspect_mode,
+    clip = {  # CLIP's processor settings, which LLaVA's and LLaVA-NeXT's extend
         "size": {"shortest_edge": spec.image_size},
         "crop_size": {"height": spec.image_size, "width": spec.image_size},
         "do_resize": True,
@@ -249,6 +228,15 @@ def preprocessor_config(spec: TinyLlavaSpec) -> dict:
         "image_std": list(OPENAI_CLIP_STD),
         "resample": 3,
         "resampler": spec.resampler,
+    }
+    if spec.grid_pinpoints is not None:  # LlavaNextImageProcessor's file (do_pad: batches of equal tile counts)
+        return {"image_processor_type": "LlavaNextImageProcessor",
+                "image_grid_pinpoints": [list(p) for p in spec.grid_pinpoints], "do_pad": True, **clip}
+    return {
+        "image_processor_type": "LlavaImageProcessor" if spec.aspect_mode == "pad" else "CLIPImageProcessor",
+        "do_pad": spec.aspect_mode == "pad",
+        "image_aspect_ratio": spec.aspect_mode,
+        **clip,
     }
 
 

@@ -8,13 +8,11 @@ image's real tokens: two small images fit where two large ones do not, and the r
 states the exact count.
 """
 
-import base64
-import io
-
 import httpx
 import pytest
 
 from llava_model.chat_format import Turn, prompt
+from llava_model.data_url import image_data_url
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
 from tests.images import noise, photo_like
 from tests.reference import hf_next_greedy
@@ -44,14 +42,8 @@ def base_url(built):
         yield base
 
 
-def _data_url(image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def _request(images, **extra) -> dict:
-    content = [{"type": "image_url", "image_url": {"url": _data_url(im)}} for im in images]
+    content = [{"type": "image_url", "image_url": {"url": image_data_url(im)}} for im in images]
     return {
         "model": "next",
         "messages": [{"role": "user", "content": content + [{"type": "text", "text": QUESTION}]}],
