@@ -7,7 +7,8 @@ become the normalised ``fill`` colour (LLaVA's pad-to-square with the mean colou
 whatever the canvas held there.
 
 The reference looks each byte up in a 256-entry table per channel; the fused CPU
-path is one strided conversion plus one multiply-add; the Triton path is one kernel.
+path is one compiled pass (``kernels.preprocess_jit``; bit-equal to, and without numba,
+torch's strided conversion plus multiply and add); the Triton path is one kernel.
 The multimodal processor runs this on CPU tensors; its backend is resolved once
 when the processor is set up (``kernels.dispatch``).
 """
@@ -70,13 +71,31 @@ def normalize_reference(images, mean, std, rescale=1 / 255, dtype=torch.float32,
     return out.to(dtype)
 
 
+def _loops():
+    """``kernels.preprocess_jit`` (compiled or loaded from numba's cache on first use), or ``None``."""
+    try:
+        from kernels import preprocess_jit
+    except ImportError:  # pragma: no cover (numba is a dependency)
+        return None
+    return preprocess_jit
+
+
+def affine_passes(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = float(images) * scale + shift`` in torch: HWC uint8 -> CHW, three passes."""
+    out.copy_(images.permute(0, 3, 1, 2))  # one strided pass: HWC uint8 -> CHW float
+    out.mul_(scale[None, :, None, None]).add_(shift[None, :, None, None])
+
+
 def normalize_fused_cpu(images, mean, std, rescale=1 / 255, dtype=torch.float32, regions=None, fill=None):
     _check(images, regions)
     scale, shift = _channel_affine(mean, std, rescale)
     work = torch.float32 if dtype != torch.float64 else dtype
     out = torch.empty((images.shape[0], 3, *images.shape[1:3]), dtype=work)
-    out.copy_(images.permute(0, 3, 1, 2))  # one strided pass: HWC uint8 -> CHW float
-    out.mul_(scale[None, :, None, None]).add_(shift[None, :, None, None])
+    loops = _loops()
+    if loops is not None and work == torch.float32 and images.is_contiguous() and images.device.type == "cpu":
+        loops.normalize_hwc(images.numpy(), scale.numpy(), shift.numpy(), out.numpy())  # bit-equal, one pass
+    else:
+        affine_passes(images, scale, shift, out)
     if regions is not None:
         fill_t = _fill_values(fill, mean, std, rescale)
         for i, (top, left, height, width) in enumerate(regions.tolist()):

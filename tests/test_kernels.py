@@ -287,3 +287,17 @@ def test_a_vllm_worker_starts_in_a_process_that_loaded_numba():
         assert ("started" in done.stdout) == works, (code, done.stderr[-2000:])
         if not works:
             assert "'_lib_fn_wrapper' object has no attribute 'get'" in done.stderr
+
+
+def test_one_pass_cpu_normalize_is_bit_equal_to_the_torch_passes():
+    from kernels.preprocess import _channel_affine, _loops, affine_passes
+
+    batch = random_batch(b=4, h=41, w=23, seed=3)
+    scale, shift = _channel_affine(MEAN, STD, 1 / 255)
+    want = torch.empty((4, 3, 41, 23))
+    affine_passes(batch, scale, shift, want)
+    got = normalize_fused_cpu(batch, MEAN, STD)
+    assert _loops() is not None  # numba is a dependency: the compiled pass is what ran
+    assert torch.equal(got, want)
+    strided = normalize_fused_cpu(batch[:, :, ::2], MEAN, STD)  # not contiguous: the torch passes
+    assert torch.equal(strided, want[:, :, :, ::2])
