@@ -315,12 +315,13 @@ class Engine:
     adapters: dict = field(default_factory=dict)  # served LoRA adapters by name (server.lora.Adapter)
     base_lora: object = None  # what base-model requests carry, if anything (server.lora.base_standin)
     scratch: Path | None = None  # where a base stand-in made at run time goes (CPU engines with LoRA)
+    last_lora_id: int = 0  # the highest id handed out at run time (unloaded adapters' ids stay used)
 
     def next_lora_id(self) -> int:
         """An id no adapter of this engine has had (vLLM's ids are integers from 1)."""
-        self._last_id = max(getattr(self, "_last_id", 0), *(a.lora_id for a in self.adapters.values()),
-                            self.base_lora.lora_id if self.base_lora is not None else 0) + 1
-        return self._last_id
+        self.last_lora_id = max(self.last_lora_id, *(a.lora_id for a in self.adapters.values()),
+                                self.base_lora.lora_id if self.base_lora is not None else 0) + 1
+        return self.last_lora_id
 
     @property
     def dead(self) -> bool:
