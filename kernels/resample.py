@@ -35,6 +35,8 @@ Two implementations:
   ``crop`` are computed (exact: each output depends only on its own taps), and only
   the inputs they weigh are read; a ``canvas`` (LLaVA's pad to square) is filled in
   as the image is read, never pasted. Without numba, PIL itself does the resize.
+  ``resize_exact_many``: one image to several sizes (LLaVA-NeXT's grid and base
+  tile), reading it once for all of them.
 """
 
 import functools
@@ -285,26 +287,67 @@ def _transposed(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _resize_jit(src: _Source, width: int, height: int, resample: int, crop) -> np.ndarray:
-    """The ``crop`` of the resized canvas, ``(crop_h, crop_w)`` uint32 pixels. Each pass
-    reads only the inputs its outputs (those inside the crop) weigh."""
+@dataclass(frozen=True)
+class _Plan:
+    """How one resize (of a ``crop``) runs: its axes (``None``: that size does not
+    change), the canvas rows and columns its first pass reads, and whether that first
+    pass runs along the width of the source."""
+
+    across: _Axis | None
+    down: _Axis | None
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    width_first: bool
+
+
+def _plan(src: _Source, width: int, height: int, resample: int, crop) -> _Plan:
     left, top, cw, ch = crop
     do_w, do_h = width != src.width, height != src.height
     across = _axis(src.width, width, resample, left, left + cw) if do_w else None
     down = _axis(src.height, height, resample, top, top + ch) if do_h else None
-    c0, c1 = (across.first, across.last) if do_w else (left, left + cw)
-    r0, r1 = (down.first, down.last) if do_h else (top, top + ch)
-    if do_h and (not do_w or vertical_first(src.width, src.height, width, height)):
+    cols = (across.first, across.last) if do_w else (left, left + cw)
+    rows = (down.first, down.last) if do_h else (top, top + ch)
+    width_first = do_w and not (do_h and vertical_first(src.width, src.height, width, height))
+    return _Plan(across, down, rows, cols, width_first)
+
+
+def _resize_jit(src: _Source, plan: _Plan, wide: np.ndarray | None = None) -> np.ndarray:
+    """The planned crop of the resized canvas, ``(crop_h, crop_w)`` uint32 pixels. Each
+    pass reads only the inputs its outputs (those inside the crop) weigh. ``wide``: the
+    first (width) pass, already run (``_resize_jit_many``)."""
+    across, down = plan.across, plan.down
+    (r0, r1), (c0, c1) = plan.rows, plan.cols
+    if not plan.width_first:
         tall = _run_pass(src.window(r0, r1, c0, c1), down, r0)  # (ch, canvas columns c0:c1)
-        if not do_w:
+        if across is None:
             return tall
         # the width pass of those rows, as of any image: ``tall`` stands at column c0
+        ch = tall.shape[0]
         wide = _width_pass(_Source(tall, src.channels, c1, ch, left=c0), across, 0, ch, c0, c1)
         return _transposed(wide)
-    wide = _width_pass(src, across, r0, r1, c0, c1)  # (cw, rows)
-    if not do_h:
+    if wide is None:
+        wide = _width_pass(src, across, r0, r1, c0, c1)  # (cw, rows)
+    if down is None:
         return _transposed(wide)
     return _run_pass(_transposed(wide), down, r0)
+
+
+def _resize_jit_many(src: _Source, plans: list[_Plan]) -> list[np.ndarray]:
+    """Several planned resizes of one source. Those that start along the width over the
+    same rows run that pass together: each block of source rows is transposed once."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, plan in enumerate(plans):
+        if plan.width_first:
+            groups.setdefault(plan.rows, []).append(k)
+    wides: dict[int, np.ndarray] = {}
+    for (r0, r1), members in groups.items():
+        if len(members) < 2:
+            continue
+        c0 = min(plans[k].cols[0] for k in members)
+        c1 = max(plans[k].cols[1] for k in members)
+        axes = tuple(plans[k].across for k in members)
+        wides.update(zip(members, _width_passes(src, axes, r0, r1, c0, c1)))
+    return [_resize_jit(src, plan, wides.get(k)) for k, plan in enumerate(plans)]
 
 
 # Rows per block of the width pass: a block's transposed window (at most this many bytes)
@@ -313,26 +356,35 @@ _BLOCK_BYTES = 1 << 20
 
 
 def _width_pass(src: _Source, across: _Axis, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    """The width pass of canvas rows ``r0:r1`` (inputs ``c0:c1``), transposed: ``(n, rows)``.
-    A row of pure fill colour (LLaVA's padding) is a constant row, whose outputs Pillow's
-    arithmetic gives in closed form, ``(2**21 + v * sum(weights)) >> 22``: only the
-    image's rows go through the loops."""
-    n = len(across.starts)
+    """The width pass of canvas rows ``r0:r1`` (inputs ``c0:c1``), transposed: ``(n, rows)``."""
+    return _width_passes(src, (across,), r0, r1, c0, c1)[0]
+
+
+def _width_passes(
+    src: _Source, axes: tuple[_Axis, ...], r0: int, r1: int, c0: int, c1: int
+) -> list[np.ndarray]:
+    """The width passes of canvas rows ``r0:r1`` (inputs ``c0:c1``, which hold every
+    axis' taps) to several widths, each transposed ``(n, rows)``: each block of rows is
+    transposed once and read by every pass. A row of pure fill colour (LLaVA's padding)
+    is a constant row, whose outputs Pillow's arithmetic gives in closed form,
+    ``(2**21 + v * sum(weights)) >> 22``: only the image's rows go through the loops."""
     a, b = max(r0, src.top), min(r1, src.top + src.pixels.shape[0])
     if src.fill is None:
         a, b = r0, r1
-    wide = np.empty((n, r1 - r0), dtype=np.uint32)
+    wides = [np.empty((len(across.starts), r1 - r0), dtype=np.uint32) for across in axes]
     if (a, b) != (r0, r1):
         fill = np.frombuffer(np.uint32(src.fill).tobytes(), dtype=np.uint8).astype(np.int64)  # (4,)
-        sums = across.weights.sum(axis=1, dtype=np.int64)  # (n,)
-        constant = np.clip((_HALF + fill[None, :] * sums[:, None]) >> PRECISION_BITS, 0, 255)
-        wide[:] = constant.astype(np.uint8).view(np.uint32)  # (n, 1): every row fill, but the image's
+        for across, wide in zip(axes, wides):
+            sums = across.weights.sum(axis=1, dtype=np.int64)  # (n,)
+            constant = np.clip((_HALF + fill[None, :] * sums[:, None]) >> PRECISION_BITS, 0, 255)
+            wide[:] = constant.astype(np.uint8).view(np.uint32)  # (n, 1): every row fill, but the image's
     step = max(16, _BLOCK_BYTES // (4 * (c1 - c0)))
     for start in range(a, b, step):
         end = min(start + step, b)
         window = src.window(start, end, c0, c1, transposed=True)
-        wide[:, start - r0 : end - r0] = _run_pass(window, across, c0)
-    return wide
+        for across, wide in zip(axes, wides):
+            wide[:, start - r0 : end - r0] = _run_pass(window, across, c0)
+    return wides
 
 
 def _pixels32(image) -> tuple[np.ndarray, int]:
@@ -411,6 +463,17 @@ def warm_up() -> None:
 _MODES = ("RGB", "L", "CMYK", "YCbCr", "HSV")
 
 
+def _checked_pixels(image: "Image.Image | torch.Tensor") -> tuple[np.ndarray, int]:
+    """``_pixels32`` of an image ``resize_exact`` takes; anything else is refused by name."""
+    if isinstance(image, Image.Image) and image.mode not in _MODES:
+        raise ValueError(f"exact resampling takes unsigned 8-bit modes {_MODES}, not {image.mode!r}")
+    if not isinstance(image, Image.Image) and (
+        image.dtype != torch.uint8 or image.ndim != 3 or not 1 <= image.shape[2] <= 4
+    ):
+        raise ValueError(f"expected (H, W, C) uint8 pixels, C <= 4, got {tuple(image.shape)} {image.dtype}")
+    return _pixels32(image)
+
+
 def resize_exact(
     image: "Image.Image | torch.Tensor",
     width: int,
@@ -428,13 +491,7 @@ def resize_exact(
     (``Image.paste`` then ``resize``), without pasting it.
     """
     resample = _check_filter(resample)
-    if isinstance(image, Image.Image) and image.mode not in _MODES:
-        raise ValueError(f"exact resampling takes unsigned 8-bit modes {_MODES}, not {image.mode!r}")
-    if not isinstance(image, Image.Image) and (
-        image.dtype != torch.uint8 or image.ndim != 3 or not 1 <= image.shape[2] <= 4
-    ):
-        raise ValueError(f"expected (H, W, C) uint8 pixels, C <= 4, got {tuple(image.shape)} {image.dtype}")
-    pixels, channels = _pixels32(image)
+    pixels, channels = _checked_pixels(image)
     if canvas is None:
         src = _Source(pixels, channels, pixels.shape[1], pixels.shape[0])
     else:
@@ -452,4 +509,35 @@ def resize_exact(
         return _as_bytes(src.window(top, top + ch, left, left + cw), channels)
     if not jit_usable():
         return _resize_pil(src, width, height, resample, (left, top, cw, ch))
-    return _as_bytes(_resize_jit(src, width, height, resample, (left, top, cw, ch)), channels)
+    return _as_bytes(_resize_jit(src, _plan(src, width, height, resample, (left, top, cw, ch))), channels)
+
+
+def resize_exact_many(
+    image: "Image.Image | torch.Tensor",
+    sizes: "list[tuple[int, int]]",
+    resample: int = BICUBIC,
+) -> list[torch.Tensor]:
+    """``[resize_exact(image, w, h, resample) for w, h in sizes]``, the same bytes, with the
+    image read once: it is unpacked once, and the resizes that start along the width
+    share that pass's transposed reads (LLaVA-NeXT resizes each photo twice, to its grid
+    and to the base tile, and that reading is most of a large photo's cost)."""
+    resample = _check_filter(resample)
+    pixels, channels = _checked_pixels(image)
+    src = _Source(pixels, channels, pixels.shape[1], pixels.shape[0])
+    for width, height in sizes:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"cannot resize to {width}x{height}")
+    whole = [(0, 0, w, h) for w, h in sizes]
+    if not jit_usable():
+        return [_resize_pil(src, w, h, resample, crop) for (w, h), crop in zip(sizes, whole)]
+    out: list[torch.Tensor | None] = [None] * len(sizes)
+    todo = []
+    for k, (width, height) in enumerate(sizes):
+        if (width, height) == (src.width, src.height):
+            out[k] = _as_bytes(pixels, channels)
+        else:
+            todo.append(k)
+    plans = [_plan(src, *sizes[k], resample, whole[k]) for k in todo]
+    for k, resized in zip(todo, _resize_jit_many(src, plans)):
+        out[k] = _as_bytes(resized, channels)
+    return out

@@ -37,7 +37,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from kernels import normalize_images
 from kernels.resample import SUPPORTED as EXACT_FILTERS
-from kernels.resample import resize_exact
+from kernels.resample import resize_exact, resize_exact_many
 from llava_model.anyres import best_resolution, fit_within
 
 AspectMode = Literal["crop", "pad", "resize"]
@@ -291,11 +291,15 @@ def anyres_tiles(image: Image.Image, cfg: ImageProcessingConfig, pinpoints) -> n
     width, height = image.size
     target_h, target_w = best_resolution(height, width, pinpoints)
     new_h, new_w = fit_within(height, width, target_h, target_w)
+    if _exact(cfg):  # one read of the photo for both resizes
+        sizes = [(new_w, new_h), (side, side)]
+        fitted, base = (t.numpy() for t in resize_exact_many(image, sizes, int(cfg.resample)))
+    else:
+        fitted, base = _resize(image, new_w, new_h, cfg), _resize(image, side, side, cfg)
     canvas = np.zeros((target_h, target_w, 3), dtype=np.uint8)  # black, as transformers pads
     top, left = (target_h - new_h) // 2, (target_w - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = _resize(image, new_w, new_h, cfg)
+    canvas[top : top + new_h, left : left + new_w] = fitted
     tiles = canvas.reshape(target_h // side, side, target_w // side, side, 3).swapaxes(1, 2)
-    base = _resize(image, side, side, cfg)
     return np.concatenate([base[None], tiles.reshape(-1, side, side, 3)])
 
 

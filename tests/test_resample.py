@@ -22,6 +22,7 @@ from kernels.resample import (
     coefficients,
     coefficients_reference,
     resize_exact,
+    resize_exact_many,
     resize_reference,
     vertical_first,
 )
@@ -368,6 +369,62 @@ def test_canvas_equals_paste_then_resize(size, side):
         left, top, cw, ch = crop
         got = ours(image, out, out, filt, crop=crop, canvas=canvas)
         assert np.array_equal(got, expected[top : top + ch, left : left + cw]), filt
+
+
+# One image, several sizes: LLaVA-NeXT's grid and base tile, both pass orders in one list,
+# a size equal to the image's, one axis unchanged, upscaling.
+MANY_CASES = [
+    ((1920, 1080), [(672, 378), (336, 336)]),
+    ((1080, 1920), [(378, 672), (336, 336)]),
+    ((640, 480), [(672, 504), (336, 336), (640, 480)]),
+    ((999, 101), [(336, 34), (336, 336), (999, 50), (500, 101)]),
+    ((333, 517), [(336, 522), (336, 336), (111, 517), (20, 7)]),
+    ((1, 9), [(3, 3), (5, 1)]),
+]
+
+
+@pytest.mark.parametrize("case", MANY_CASES, ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("kind", ["noise", "photo"])
+def test_many_sizes_equal_pillow(case, kind):
+    """``resize_exact_many`` reads the image once for all its sizes: each output is still
+    Pillow's bytes (the shared width pass must give every size its own taps)."""
+    (w, h), sizes = case
+    image = KINDS[kind](w, h, seed=w + h)
+    for filt in FILTERS.values():
+        got = resize_exact_many(image, sizes, filt)
+        assert len(got) == len(sizes)
+        for (ow, oh), out in zip(sizes, got):
+            assert np.array_equal(out.numpy(), pil(image, ow, oh, filt)), (ow, oh, filt)
+
+
+def test_many_sizes_share_one_read(monkeypatch):
+    """Two sizes that both start along the width transpose the photo's rows once, not twice."""
+    image = photo_like(1920, 1080, seed=3)
+    calls = []
+    original = resample._width_passes
+    def counted(src, axes, *rest):
+        calls.append(len(axes))
+        return original(src, axes, *rest)
+
+    monkeypatch.setattr(resample, "_width_passes", counted)
+    resize_exact_many(image, [(672, 378), (336, 336)])
+    assert calls == [2]
+
+
+def test_many_sizes_on_tensors_and_bad_input(monkeypatch):
+    grey = torch.from_numpy(np.asarray(photo_like(90, 70, seed=2).convert("L"))[:, :, None].copy())
+    got = resize_exact_many(grey, [(40, 50), (90, 30)])
+    for (ow, oh), out in zip([(40, 50), (90, 30)], got):
+        expected = np.asarray(Image.fromarray(grey[:, :, 0].numpy()).resize((ow, oh), BICUBIC))
+        assert np.array_equal(out[:, :, 0].numpy(), expected)
+    with pytest.raises(ValueError, match="cannot resize to 0x5"):
+        resize_exact_many(grey, [(0, 5)])
+    with pytest.raises(ValueError, match="modes"):
+        resize_exact_many(Image.new("I;16", (4, 4)), [(2, 2)])
+    monkeypatch.setattr(resample, "jit_usable", lambda: False)  # PIL does it: the same bytes
+    image = photo_like(90, 70, seed=1)
+    for (ow, oh), out in zip([(40, 50), (33, 70)], resize_exact_many(image, [(40, 50), (33, 70)])):
+        assert np.array_equal(out.numpy(), pil(image, ow, oh, BICUBIC))
 
 
 def test_exact_without_numba(monkeypatch):
