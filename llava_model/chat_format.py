@@ -43,13 +43,22 @@ def _plain(system: str | None, turns: list[Turn]) -> tuple[Segments, str]:
     return out, ""
 
 
+def _reply(text: str) -> str:
+    """An assistant turn's text after the format's separating space. A reply sent back as
+    history usually starts with that space already (the first generated token carries it,
+    e.g. ``" The"`` after ``ASSISTANT:``), and a doubled space would be other tokens than
+    the model generated: the history would leave its training format and miss the prefix
+    cache from that point on."""
+    return text[1:] if text.startswith(" ") else text
+
+
 def _vicuna_v1(system: str | None, turns: list[Turn]) -> tuple[Segments, str]:
     out: Segments = [((system if system is not None else VICUNA_SYSTEM) + " ", False)]
     for turn in turns:
         if turn.role == "user":
             out.append((f"{VICUNA_USER} {turn.text} {VICUNA_ASSISTANT}", False))
         else:
-            out.append((f" {turn.text}{EOS}", True))
+            out.append((f" {_reply(turn.text)}{EOS}", True))
     return out, VICUNA_ASSISTANT
 
 
@@ -60,7 +69,7 @@ def _mistral_instruct(system: str | None, turns: list[Turn]) -> tuple[Segments, 
             text = f"{system}\n\n{turn.text}" if system and i == 0 else turn.text
             out.append((f"{MISTRAL_INST} {text} {MISTRAL_INST_END}", False))
         else:
-            out.append((f" {turn.text}{EOS}", True))
+            out.append((f" {_reply(turn.text)}{EOS}", True))
     return out, ""
 
 
@@ -155,6 +164,10 @@ def _opening(text: str) -> str:
     return "{%- if add_generation_prompt and ns.last != 'user' -%}" + _out(_lit(text)) + "{%- endif -%}"
 
 
+# `` " " + _reply(t) + EOS``
+_JINJA_REPLY = f"' ' ~ (t[1:] if t[:1] == ' ' else t) ~ {_lit(EOS)}"
+
+
 def _jinja_plain() -> str:
     return _READ_MESSAGES + _turns(f"{_lit(IMAGE)} * t.count({_lit(IMAGE)})", f"t ~ {NL}")
 
@@ -162,13 +175,13 @@ def _jinja_plain() -> str:
 def _jinja_vicuna_v1() -> str:
     system = _out(f"(ns.system if ns.system is not none else {_lit(VICUNA_SYSTEM)}) ~ ' '")
     user = f"{_lit(VICUNA_USER + ' ')} ~ t ~ {_lit(' ' + VICUNA_ASSISTANT)}"
-    return _READ_MESSAGES + system + _turns(user, f"' ' ~ t ~ {_lit(EOS)}") + _opening(VICUNA_ASSISTANT)
+    return _READ_MESSAGES + system + _turns(user, _JINJA_REPLY) + _opening(VICUNA_ASSISTANT)
 
 
 def _jinja_mistral_instruct() -> str:
     system_first = f"((ns.system ~ {NL} ~ {NL}) if loop.first and ns.system else '')"
     user = f"{_lit(MISTRAL_INST + ' ')} ~ {system_first} ~ t ~ {_lit(' ' + MISTRAL_INST_END)}"
-    return _READ_MESSAGES + _turns(user, f"' ' ~ t ~ {_lit(EOS)}")
+    return _READ_MESSAGES + _turns(user, _JINJA_REPLY)
 
 
 def _jinja_chatml() -> str:

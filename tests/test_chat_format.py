@@ -34,6 +34,13 @@ CONVERSATIONS = {
         {"role": "assistant", "content": "A blue square."},
     ],
     "empty system": [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}],
+    "replies sent back with the space the model generated": [
+        {"role": "user", "content": [IMG, text("What is shown?")]},
+        {"role": "assistant", "content": " A red circle."},
+        {"role": "user", "content": "And below it?"},
+        {"role": "assistant", "content": [text("  Two spaces, one kept.")]},
+        {"role": "user", "content": "And?"},
+    ],
 }
 
 
@@ -75,3 +82,20 @@ def test_without_generation_prompt_it_renders_the_training_text(tokenizer, name)
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown conversation format 'vicuna'"):
         chat_template("vicuna")
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("reply", [" A red circle.", "A red circle."])
+def test_a_reply_sent_back_renders_as_the_tokens_generated(tokenizer, name, reply):
+    """Turn 2's prompt starts with turn 1's prompt and the very tokens the model generated
+    (what prefix caching needs, and the training format), whether the client sends the
+    reply back as the server wrote it (the first generated token's space included) or
+    trimmed."""
+    first = [Turn("user", f"{IMAGE}\nWhat is shown?")]
+    p1 = tokenizer.encode(prompt(name, None, first), add_special_tokens=False)
+    generated = tokenizer.encode(prompt(name, None, first) + " A red circle.", add_special_tokens=False)[len(p1):]
+    assert tokenizer.decode(p1 + generated).endswith(" A red circle.")
+    history = [*first, Turn("assistant", reply), Turn("user", "And below it?")]
+    p2 = tokenizer.encode(prompt(name, None, history), add_special_tokens=False)
+    if name in ("vicuna_v1", "mistral_instruct"):  # the formats that put a space before a reply
+        assert p2[: len(p1) + len(generated)] == p1 + generated
