@@ -49,7 +49,7 @@ def _reply(text: str) -> str:
     e.g. ``" The"`` after ``ASSISTANT:``), and a doubled space would be other tokens than
     the model generated: the history would leave its training format and miss the prefix
     cache from that point on."""
-    return text[1:] if text.startswith(" ") else text
+    return text.removeprefix(" ")
 
 
 def _vicuna_v1(system: str | None, turns: list[Turn]) -> tuple[Segments, str]:
@@ -164,7 +164,7 @@ def _opening(text: str) -> str:
     return "{%- if add_generation_prompt and ns.last != 'user' -%}" + _out(_lit(text)) + "{%- endif -%}"
 
 
-# `` " " + _reply(t) + EOS``
+# ``" " + _reply(t) + EOS``
 _JINJA_REPLY = f"' ' ~ (t[1:] if t[:1] == ' ' else t) ~ {_lit(EOS)}"
 
 
