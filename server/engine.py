@@ -215,6 +215,39 @@ def allowed_cores() -> set[int]:
         return set(range(os.cpu_count() or 1))
 
 
+SMALL_MACHINE_CORES = 4
+
+
+def _small_machine(cpu_count: int | None = None) -> bool:
+    return (cpu_count if cpu_count is not None else os.cpu_count() or 1) <= SMALL_MACHINE_CORES
+
+
+def model_in_engine_process(
+    settings: ServerSettings, environ: Mapping[str, str] = os.environ, cpu_count: int | None = None
+) -> bool:
+    """Whether a CPU engine runs the model in the engine's own process (vLLM's ``uni``
+    executor, its default on GPUs) rather than in the worker process vLLM's CPU platform
+    always starts to bind OpenMP threads: with one rank on a small machine, unless the
+    user binds threads (``VLLM_CPU_OMP_THREADS_BIND``). There the hand-off between the two
+    processes and the pinned threads cost more than they give: `small` at concurrency 16
+    on 2 cores served 2.36 and 2.42 req/s this way against 2.23 and 2.30 (same requests;
+    benchmarks/README.md)."""
+    ranks = settings.tensor_parallel_size * settings.pipeline_parallel_size
+    return ranks == 1 and _small_machine(cpu_count) and BIND_ENV not in environ
+
+
+def _engine_in_one_process(cls, args):
+    """``cls.from_engine_args(args)``, with the model in the engine's process (see
+    ``model_in_engine_process``): the CPU platform's choice of executor is replaced after
+    it made it, since no argument reaches past it."""
+    from vllm.v1.executor import Executor
+
+    config = args.create_engine_config()
+    config.parallel_config.distributed_executor_backend = "uni"
+    return cls(vllm_config=config, executor_class=Executor.get_class(config),
+               log_requests=args.enable_log_requests, log_stats=not args.disable_log_stats)
+
+
 def cpu_engine_env(
     settings: ServerSettings,
     environ: Mapping[str, str] = os.environ,
@@ -232,7 +265,7 @@ def cpu_engine_env(
     env: dict[str, str] = {}
     if settings.cpu_reserved_cores is not None:
         env[RESERVED_ENV] = str(settings.cpu_reserved_cores)
-    elif RESERVED_ENV not in environ and (cpu_count if cpu_count is not None else os.cpu_count() or 1) <= 4:
+    elif RESERVED_ENV not in environ and _small_machine(cpu_count):
         env[RESERVED_ENV] = "0"
     ranks = settings.tensor_parallel_size * settings.pipeline_parallel_size
     if ranks <= 1:
@@ -394,7 +427,12 @@ class EngineContext:
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
             **lora,
         )
-        llm = _closing_class(AsyncLLM).from_engine_args(args)
+        if is_cpu_engine() and model_in_engine_process(s):
+            log.info("CPU engine: the model runs in the engine's process (one rank, %d cores; "
+                     "set %s to bind threads in a worker process instead)", os.cpu_count() or 1, BIND_ENV)
+            llm = _engine_in_one_process(_closing_class(AsyncLLM), args)
+        else:
+            llm = _closing_class(AsyncLLM).from_engine_args(args)
         self.engine = Engine(llm, s.model_name(), llm.model_config.max_model_len, served_adapters, standin,
                              Path(self._scratch.name) if self._scratch is not None else None)
         log.info("engine ready: model=%s max_model_len=%d", s.model_dir(), self.engine.max_model_len)

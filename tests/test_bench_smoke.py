@@ -136,3 +136,13 @@ def test_profile_smoke():
             "preprocessing (our processor)"} <= parts
     calls = {row.split(" | ")[0].lstrip("| "): row.split(" | ")[3].rstrip(" |") for row in rows}
     assert calls["preprocessing (our processor)"] == "4"  # one per distinct image, none from the warm-up's
+
+
+def test_vllm_client_cross_check_is_a_row_per_contender():
+    from benchmarks.serving.report import markdown
+
+    ok = {"completed": 64, "request_throughput": 2.5, "output_throughput": 160.0, "mean_ttft_ms": 900.0,
+          "p99_ttft_ms": 2100.0, "mean_tpot_ms": 70.0}
+    text = markdown([], {"ours": ok, "vllm-tuned": {"error": "boom"}}, {"config": "tiny"})
+    assert "| ours | 64 | 2.50 | 160.0 | 900 ms | 2100 ms | 70 ms |" in text
+    assert "| vllm-tuned | failed: 'boom'" in text

@@ -19,7 +19,15 @@ import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
 from server.config import ServerSettings
-from server.engine import BIND_ENV, RESERVED_ENV, StartupError, compact_ids, cpu_engine_env, split_cores
+from server.engine import (
+    BIND_ENV,
+    RESERVED_ENV,
+    StartupError,
+    compact_ids,
+    cpu_engine_env,
+    model_in_engine_process,
+    split_cores,
+)
 from tests.images import photo_like
 from tests.server_proc import png, running_server
 
@@ -73,6 +81,16 @@ def test_engine_env_for_tensor_parallel():
         cpu_engine_env(ServerSettings(tensor_parallel_size=3), environ={}, allowed={0, 1}, cpu_count=2)
 
 
+
+def test_model_runs_in_the_engine_process_on_small_machines_with_one_rank():
+    one = ServerSettings()
+    assert model_in_engine_process(one, environ={}, cpu_count=2)
+    assert model_in_engine_process(one, environ={}, cpu_count=4)
+    assert not model_in_engine_process(one, environ={}, cpu_count=8)  # vLLM's worker, threads bound
+    assert not model_in_engine_process(one, environ={BIND_ENV: "0-1"}, cpu_count=2)  # the user binds
+    assert not model_in_engine_process(ServerSettings(tensor_parallel_size=2), environ={}, cpu_count=2)
+
+
 # ---- TP=2 through the real server gives TP=1's greedy tokens --------------------------------
 
 def _greedy(base: str, messages: list) -> list[tuple[str, float]]:
@@ -105,7 +123,9 @@ def test_tensor_parallel_2_matches_tp_1(model_dir, tmp_path, monkeypatch):
                             log_path=logs[tp]) as (base, _):
             results[tp] = [_greedy(base, p) for p in _prompts()]
         print(f"TP={tp}: {time.perf_counter() - started:.1f} s")
+    assert "the model runs in the engine's process" in logs[1].read_text()  # TP=1 here: no worker process
     log2 = logs[2].read_text()
+    assert "the model runs in the engine's process" not in log2
     assert f"{BIND_ENV}=" in log2 and "derived from the cores" in log2, log2[-3000:]
     assert "local_world_size=2" in log2 and "local_rank=1, core ids=" in log2
     for one, two in zip(results[1], results[2], strict=True):

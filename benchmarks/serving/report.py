@@ -73,7 +73,15 @@ def markdown(runs: list[dict], cross_check: dict | None, settings: dict, multitu
         text += ["", ("Goodput (the highest offered rate, Poisson arrivals, at which every request completed with "
                       f"p99 TTFT <= 2 s and p99 TPOT <= 200 ms; 0: none of the swept rates): {rates}")]
     if cross_check:
-        text += ["", "vLLM's benchmark client against ours (concurrency 16): " + json.dumps(cross_check)]
+        text += ["", "vLLM's own benchmark client (`vllm bench serve`, random-mm, concurrency 16):", "",
+                 "| contender | completed | req/s | out tok/s | TTFT mean | TTFT p99 | TPOT mean |",
+                 "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, got in cross_check.items():
+            if "error" in got:
+                text.append(f"| {name} | failed: {got['error'][-200:]!r} | | | | | |")
+                continue
+            text.append(f"| {name} | {got['completed']} | {got['request_throughput']:.2f} | {got['output_throughput']:.1f} "
+                        f"| {got['mean_ttft_ms']:.0f} ms | {got['p99_ttft_ms']:.0f} ms | {got['mean_tpot_ms']:.0f} ms |")
     if multiturn:
         text += ["", "Multi-turn, one image per conversation, the whole history re-sent each turn (concurrency 1):",
                  "", "| contender | conversations | prompt tokens turn 1..N | TTFT turn 1..N (s) | turn 2 / turn 1 "

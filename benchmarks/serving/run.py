@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--eager", action="store_true", help="skip torch.compile in both engines (faster start)")
     p.add_argument("--block-size", type=int, default=None, help="KV-cache block for ours and vLLM (default: theirs)")
-    p.add_argument("--vllm-client", action="store_true", help="cross-check ours with vLLM's benchmark client")
+    p.add_argument("--vllm-client", action="store_true",
+                   help="cross-check ours and vLLM with vLLM's own benchmark client")
     p.add_argument("--multiturn", type=int, default=0, metavar="N",
                    help="also N four-turn conversations about one image each (not for hf): TTFT per turn")
     p.add_argument("--port", type=int, default=8311)
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     vicuna_jinja = logs / "vicuna_v1.jinja"
     vicuna_jinja.write_text(chat_template("vicuna_v1"))
-    runs, cross_check, multiturn = [], None, {}
+    runs, cross_check, multiturn = [], {}, {}
     machine = ceilings()  # measured before any server runs, on this process's threads
     print(f"measured matmul ceilings, GFLOP/s: {machine}", flush=True)
     for name in args.contenders:
@@ -305,8 +306,8 @@ def main(argv: list[str] | None = None) -> None:
                 )))
                 print(f"   multi-turn: TTFT by turn {[round(t, 3) for t in multiturn[name]['ttft_s_by_turn']]} s, "
                       f"turn 2 / turn 1 = {multiturn[name]['turn2_over_turn1']:.2f}", flush=True)
-            if name == "ours" and args.vllm_client:
-                cross_check = vllm_client(base, served, model, args, logs)
+            if args.vllm_client and name in ("ours", "vllm", "vllm-tuned"):  # the same tool against each
+                cross_check[name] = vllm_client(base, served, model, args, logs)
         finally:
             stop(proc)
     write_report(out, runs, cross_check, vars(args) | {"model": str(model), "ceilings_gflops": machine},
