@@ -43,7 +43,10 @@ def test_serving_benchmark_smoke(tmp_path):
     turns = report["multiturn"]["ours"]
     assert turns["completed_turns"] == 2 * 4 and turns["errors"] == 0, turns["error_samples"]
     assert len(turns["ttft_s_by_turn"]) == 4 and all(t > 0 for t in turns["ttft_s_by_turn"])
-    assert report["settings"]["ceilings_gflops"]["float32"] > 0
+    settings = report["settings"]
+    assert settings["ceilings_gflops"]["float32"] > 0
+    assert settings["ceilings_gflops"]["float32"] == max(settings["ceilings_gflops_start"]["float32"],
+                                                         settings["ceilings_gflops_end"]["float32"])
     table = out.with_suffix(".md").read_text()
     assert table.count("| ours |") == 4 + len(swept)  # load levels, goodput rates, the multi-turn row
     assert "measured matmul ceilings" in table
