@@ -63,8 +63,8 @@ def markdown(runs: list[dict], cross_check: dict | None, settings: dict, multitu
             f"{settings.get('input_words')} words in / {settings.get('output_tokens')} tokens out", "", *lines]
     if settings.get("ceilings_gflops"):
         measured = ", ".join(f"{k} {v:g}" for k, v in settings["ceilings_gflops"].items())
-        text += ["", f"This machine's measured matmul ceilings (GFLOP/s, 1024-cubed products; the higher of the "
-                 f"measurements before and after the servers ran): {measured}"]
+        text += ["", (f"This machine's measured matmul ceilings (GFLOP/s, 1024-cubed products; the higher of the "
+                      f"measurements before and after the servers ran): {measured}")]
     found = ratios(runs)
     if found:
         text += ["", "At concurrency 16: " + ", ".join(f"{k} = {v:.2f}" for k, v in found.items())]
