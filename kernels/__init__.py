@@ -9,6 +9,7 @@ forces a path for all operations (``reference``, ``fused``, ``triton``) or per o
 ``kernels.resample`` (PIL-exact resizing, CPU) is not dispatched: ``resize_exact`` is
 byte-exact wherever it runs (compiled loops, ``kernels/resample_jit.py``; PIL itself
 without numba), with ``resize_reference`` as its plain transcription for tests.
+The compiled modules (``*_jit.py``) are loaded through ``kernels.jit.compiled``.
 """
 
 from kernels.preprocess import normalize_images

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from kernels.dispatch import choose_backend
+from kernels.jit import compiled
 
 
 def _channel_affine(mean, std, rescale) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,12 +73,8 @@ def normalize_reference(images, mean, std, rescale=1 / 255, dtype=torch.float32,
 
 
 def _loops():
-    """``kernels.preprocess_jit`` (compiled or loaded from numba's cache on first use), or ``None``."""
-    try:
-        from kernels import preprocess_jit
-    except ImportError:  # pragma: no cover (numba is a dependency)
-        return None
-    return preprocess_jit
+    """``kernels.preprocess_jit``, or ``None`` (``kernels.jit``)."""
+    return compiled("preprocess_jit")
 
 
 def affine_passes(images: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> None:

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kernels.jit import compiled
+
 PRECISION_BITS = 32 - 8 - 2
 _ONE = 1 << PRECISION_BITS
 _HALF = 1 << (PRECISION_BITS - 1)
@@ -430,14 +432,9 @@ def _resize_pil(src: _Source, width: int, height: int, resample: int, crop) -> t
     return torch.from_numpy(np.stack(bands, axis=-1)[top : top + ch, left : left + cw].copy())
 
 
-@functools.cache
 def _loops():
-    """``kernels.resample_jit`` (importing it compiles or loads the loops), or ``None``."""
-    try:
-        from kernels import resample_jit
-    except ImportError:  # pragma: no cover (numba is a dependency)
-        return None
-    return resample_jit
+    """``kernels.resample_jit``, or ``None`` (``kernels.jit``)."""
+    return compiled("resample_jit")
 
 
 def jit_usable() -> bool:
