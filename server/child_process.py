@@ -4,8 +4,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -16,9 +18,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def running_server(model_dir, *extra: str, log_path=None, ready_timeout: float = 240.0, kv_cache_gb: int = 1):
-    """Start ``python -m server``; yield (base_url, process); SIGTERM it at the end."""
+# The port is free when picked, but the server binds it only once its engine has loaded,
+# and sockets opened meanwhile (the engine's own among them) can take it: such a start is
+# tried again on another port.
+PORT_TAKEN = "address already in use"
+PORT_ATTEMPTS = 3
+
+
+def _start(model_dir, extra, log, kv_cache_gb: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_ENABLE_V1_MULTIPROCESSING")}
     env.update(PYTHONUNBUFFERED="1", VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gb))
@@ -26,28 +33,51 @@ def running_server(model_dir, *extra: str, log_path=None, ready_timeout: float =
         sys.executable, "-m", "server", "--model", str(model_dir), "--port", str(port),
         "--enforce-eager", "--kv-cache-gb", str(kv_cache_gb), "--max-model-len", "1024", *extra,
     ]
-    log = open(log_path or os.devnull, "w")  # noqa: SIM115 (closed in finally)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + ready_timeout
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} while starting (log: {log_path})")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise RuntimeError(f"server not ready within {ready_timeout} s (log: {log_path})")
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), f"http://127.0.0.1:{port}"
+
+
+def _ready(proc: subprocess.Popen, base: str, ready_timeout: float, log_path: Path) -> bool:
+    """True once the server answers /health; False if it exited because its port was taken."""
+    deadline = time.time() + ready_timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            if PORT_TAKEN in log_path.read_text(errors="replace"):
+                return False
+            raise RuntimeError(f"server exited with {proc.returncode} while starting (log: {log_path})")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"server not ready within {ready_timeout} s (log: {log_path})")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def running_server(model_dir, *extra: str, log_path=None, ready_timeout: float = 240.0, kv_cache_gb: int = 1):
+    """Start ``python -m server``; yield (base_url, process); SIGTERM it at the end. The log
+    (``log_path``, else a temporary file) holds the last start's output."""
+    with tempfile.TemporaryDirectory(prefix="llava-server-") as scratch:
+        path = Path(log_path) if log_path else Path(scratch) / "server.log"
+        for _ in range(PORT_ATTEMPTS):
+            with open(path, "w") as log:
+                proc, base = _start(model_dir, extra, log, kv_cache_gb)
+                try:
+                    if _ready(proc, base, ready_timeout, path):
+                        try:
+                            yield base, proc
+                        finally:
+                            _stop(proc)
+                        return
+                finally:
+                    _stop(proc)
+        raise RuntimeError(f"server lost its port {PORT_ATTEMPTS} times while starting (log: {path})")

@@ -185,3 +185,23 @@ def test_max_model_len_beyond_the_models_positions_is_refused(model_dir, tmp_pat
     assert done.returncode != 0
     assert f"--max-model-len {limit * 2} is longer than this model's max_position_embeddings ({limit}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_start_whose_port_was_taken_is_retried_on_another(model_dir, tmp_path, monkeypatch):
+    """The port is picked free but bound only after the engine loads; if something took it
+    meanwhile, the helper starts again on a new port instead of failing the test run."""
+    import socket
+
+    import server.child_process as child
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1], child.free_port()])
+    monkeypatch.setattr(child, "free_port", lambda: next(ports))
+    try:
+        with child.running_server(model_dir, "--dtype", "float32", log_path=tmp_path / "log") as (base, _):
+            assert httpx.get(base + "/health", timeout=10).status_code == 200
+            assert str(taken.getsockname()[1]) not in base
+    finally:
+        taken.close()
