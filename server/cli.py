@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     add("--dtype")
     add("--enforce-eager", action="store_true", default=None)
     add("--chat-template", help="vicuna_v1, mistral_instruct, chatml, or a Jinja file")
+    add("--reply-memory-tokens", type=int,
+        help="ids of sent replies kept, so a reply sent back as history reads as the tokens generated (0: none)")
     add("--lora-modules", action="append", metavar="NAME=PATH",
         help="a LoRA adapter of the LLM served as model NAME (repeatable; PEFT directory)")
     add("--max-loras", type=int, help="adapters one engine step may mix (default 4)")

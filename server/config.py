@@ -30,6 +30,9 @@ class ServerSettings(BaseSettings):
     pipeline_parallel_size: int = 1
     enforce_eager: bool = False
     chat_template: str | None = None  # a built-in name or a Jinja file
+    # Ids of sent replies kept so that a reply sent back as history reads as the tokens the model
+    # generated (server.chat.reply_memory); 0: history is always tokenised afresh
+    reply_memory_tokens: int = 1_000_000
     # LoRA adapters of the LLM, NAME=PATH each (env: comma-separated); see server.lora
     lora_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_loras: int = 4  # adapters one engine step may mix

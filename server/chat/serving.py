@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,7 +29,8 @@ from server.chat.protocol import (
     completion_id,
     now,
 )
-from server.chat.templates import IMAGE, ChatTemplate, TemplateError
+from server.chat.reply_memory import ReplyMemory
+from server.chat.templates import IMAGE, ChatTemplate, TemplateError, message_text
 from server.errors import APIError, bad_request
 
 log = logging.getLogger("server.chat")
@@ -54,6 +56,9 @@ class ChatService:
             hf_config if getattr(hf_config, SETTING, None) is not None else settings.model_dir())
         log.info("prompt tokenization: %s", self.prompt_tokenization)
         self._prompt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt")
+        self.replies = ReplyMemory(settings.reply_memory_tokens)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        self._eos = {eos} if isinstance(eos, int) else set()
 
     # ---- entry point -------------------------------------------------------------------------
     def _lora(self, model: str):
@@ -85,15 +90,15 @@ class ChatService:
                 self.limiter.release()
 
         try:
-            prompt, prompt_len, n_images = await _watched(self._prompt(req, media), raw, deadline, self.settings)
-            params, copies = self._sampling(req, prompt_len)
+            prompt = await _watched(self._prompt(req, media), raw, deadline, self.settings)
+            params, copies = self._sampling(req, prompt.length)
         except _Disconnected:
             release()
             return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
         except BaseException:
             release()
             raise
-        self.metrics.images.observe(n_images)
+        self.metrics.images.observe(prompt.images)
         rid = completion_id()
         if req.stream:
             stream = self._stream(req, prompt, params, copies, rid, deadline, release, lora)
@@ -106,7 +111,7 @@ class ChatService:
             release()
 
     # ---- prompt --------------------------------------------------------------------------------
-    async def _prompt(self, req: ChatCompletionRequest, media) -> tuple[dict, int, int]:
+    async def _prompt(self, req: ChatCompletionRequest, media) -> "_Prompt":
         urls = []
         for i, message in enumerate(req.messages):
             parts = [message.content] if isinstance(message.content, str) else message.content
@@ -119,7 +124,7 @@ class ChatService:
         # Rendering and tokenising a long prompt takes a while: off the event loop, one at a time
         # (the tokenizer is shared).
         loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(self._prompt_pool, self._token_ids, req.messages)
+        text, ids = await loop.run_in_executor(self._prompt_pool, self._token_ids, req.messages)
         image_id = self.tokenizer.convert_tokens_to_ids(IMAGE)
         if ids.count(image_id) != len(urls):
             raise bad_request(f"chat template {self.template.name!r} placed {ids.count(image_id)} image "
@@ -135,7 +140,7 @@ class ChatService:
             prompt["multi_modal_data"] = {"image": [p.image for p in images]}
             # Our content hash names each image, so vLLM's caches need no pixel hash of their own.
             prompt["multi_modal_uuids"] = {"image": [p.key for p in images]}
-        return prompt, prompt_len, len(urls)
+        return _Prompt(prompt, prompt_len, len(urls), text)
 
     def _check_length(self, prompt_len: int) -> None:
         if prompt_len >= self.engine.max_model_len:
@@ -143,15 +148,36 @@ class ChatService:
                 f"the prompt is {prompt_len} tokens (images included), the model's limit is "
                 f"{self.engine.max_model_len}", param="messages", code="context_length_exceeded")
 
-    def _token_ids(self, messages) -> list[int]:
+    def _token_ids(self, messages) -> tuple[str, list[int]]:
+        """The rendered prompt and its ids: replies this server sent (``ReplyMemory``) keep
+        the ids it generated, the rest is tokenised afresh."""
         try:
             text = self.template.render(messages)
         except TemplateError as exc:
             raise bad_request(f"the chat template refused these messages: {exc}", param="messages",
                               code="invalid_messages") from None
-        from llava_model.prompt_ids import encode_prompt
+        from llava_model.prompt_ids import encode_prompt_with_offsets
 
-        return encode_prompt(self.tokenizer, text, self.prompt_tokenization)
+        replies = [message_text(m) for m in messages if m.role == "assistant"]
+        keep = bool(replies and self.replies.max_tokens and getattr(self.tokenizer, "is_fast", False))
+        ids, spans = encode_prompt_with_offsets(self.tokenizer, text, self.prompt_tokenization, offsets=keep)
+        if keep:
+            spliced = self.replies.splice(text, ids, spans, replies)
+            image_id = self.tokenizer.convert_tokens_to_ids(IMAGE)
+            if spliced is not None and spliced.count(image_id) == ids.count(image_id):
+                return text, spliced
+        return text, ids
+
+    def _remember(self, prompt: "_Prompt", output, text: str, token_ids: list[int]) -> None:
+        """Keep a finished reply's ids for when the client sends it back (not one a stop
+        string cut: its ids go past its text)."""
+        reason = getattr(output, "stop_reason", None)
+        if not self.replies.max_tokens or output.finish_reason is None or isinstance(reason, str):
+            return
+        ids = list(token_ids)
+        if output.finish_reason == "stop" and ids and (ids[-1] in self._eos or ids[-1] == reason):
+            ids.pop()  # the end of turn: the template writes its own
+        self.replies.remember(prompt.text, prompt.engine["prompt_token_ids"], text, ids)
 
     def _sampling(self, req: ChatCompletionRequest, prompt_len: int):
         """vLLM's sampling parameters, and how many copies of each output to send: greedy
@@ -230,7 +256,7 @@ class ChatService:
         result: dict = {}
 
         async def consume():
-            async for output in self._generate(prompt, params, rid, lora):
+            async for output in self._generate(prompt.engine, params, rid, lora):
                 timing.tokens_seen(sum(len(o.token_ids) for o in output.outputs))
                 result["prompt_tokens"] = len(output.prompt_token_ids or [])
                 result["metrics"] = output.metrics
@@ -245,6 +271,8 @@ class ChatService:
         outputs = [finals[i] for i in sorted(finals)]
         replies = ReplyText(self.tokenizer)
         texts = {o.index: replies.fix(o.index, o.text, o.token_ids, finished=True) for o in outputs}
+        for o in outputs:
+            self._remember(prompt, o, texts[o.index], o.token_ids)
         choices = [self._choice(req, o, texts[o.index], o.index * copies + c) for o in outputs for c in range(copies)]
         completion = copies * sum(len(o.token_ids) for o in outputs)
         timing.finish(result.get("prompt_tokens", 0), completion, result.get("metrics"))
@@ -294,6 +322,7 @@ class ChatService:
         prompt_tokens, completion = 0, 0
         metrics = None
         replies = ReplyText(self.tokenizer)
+        sent: dict[int, str] = {}
 
         def chunk(choices, usage=None) -> str:
             body = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
@@ -304,12 +333,15 @@ class ChatService:
             # first text, so tools that stamp TTFT at the first chunk measure a real token.
             opened: set[int] = set()
             async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
-                async for output in self._generate(prompt, params, rid, lora):
+                async for output in self._generate(prompt.engine, params, rid, lora):
                     prompt_tokens = len(output.prompt_token_ids or []) or prompt_tokens
                     metrics = output.metrics or metrics
                     choices = []
                     for o in output.outputs:
                         text = replies.fix(o.index, o.text, o.token_ids, finished=o.finish_reason is not None)
+                        sent[o.index] = sent.get(o.index, "") + text
+                        if o.finish_reason is not None:
+                            self._remember(prompt, o, sent[o.index], replies.ids[o.index])
                         completion += copies * len(o.token_ids)
                         timing.tokens_seen(len(o.token_ids))
                         logprobs = self._logprobs(req, o.token_ids, o.logprobs) if req.logprobs else None
@@ -404,6 +436,14 @@ class ReplyText:
 
 class _Disconnected(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    engine: dict  # what the engine gets: ids, images and their keys
+    length: int  # tokens, images included
+    images: int
+    text: str  # the rendered prompt (the key of replies to it, ``ReplyMemory``)
 
 
 def _finish(output) -> str | None:

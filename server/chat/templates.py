@@ -14,7 +14,8 @@ from llava_model.chat_format import FORMATS, IMAGE, VICUNA_SYSTEM, Turn, prompt
 from server.chat.protocol import ImagePart, Message
 
 __all__ = [
-    "IMAGE", "VICUNA_SYSTEM", "ChatTemplate", "TemplateError", "choose_template", "hf_messages", "split_system",
+    "IMAGE", "VICUNA_SYSTEM", "ChatTemplate", "TemplateError", "choose_template", "hf_messages", "message_text",
+    "split_system",
 ]
 
 
@@ -22,15 +23,16 @@ class TemplateError(ValueError):
     """The chat template refused the messages (its ``raise_exception``) or failed on them."""
 
 
-def _text(message: Message) -> str:
+def message_text(message: Message) -> str:
+    """A message's text, one ``<image>`` where each image part stands."""
     if isinstance(message.content, str):
         return message.content
     return "\n".join(IMAGE if isinstance(p, ImagePart) else p.text for p in message.content)
 
 
 def split_system(messages: list[Message]) -> tuple[str | None, list[Turn]]:
-    system = [_text(m) for m in messages if m.role in ("system", "developer")]
-    turns = [Turn(m.role, _text(m)) for m in messages if m.role in ("user", "assistant")]
+    system = [message_text(m) for m in messages if m.role in ("system", "developer")]
+    turns = [Turn(m.role, message_text(m)) for m in messages if m.role in ("user", "assistant")]
     return ("\n".join(system) if system else None), turns
 
 
