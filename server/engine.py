@@ -302,10 +302,26 @@ def check_parallelism(settings: ServerSettings, environ: Mapping[str, str] = os.
     return cpu_engine_env(settings, environ)
 
 
+def check_block_size(settings: ServerSettings) -> None:
+    """vLLM's CPU attention takes KV blocks of a multiple of 32 tokens; any other size
+    would load the whole model and then fail inside the engine."""
+    size = settings.block_size
+    if size is None:
+        return
+    if size < 1:
+        raise StartupError(f"--block-size must be at least 1 token, got {size}")
+    if is_cpu_engine() and size % CPU_BLOCK_SIZE:
+        raise StartupError(
+            f"--block-size {size} cannot run on a CPU engine: vLLM's CPU attention takes KV-cache blocks "
+            f"of a multiple of {CPU_BLOCK_SIZE} tokens (the default here is {CPU_BLOCK_SIZE})"
+        )
+
+
 def check_startup(settings: ServerSettings) -> dict[str, str]:
     """Every check that can refuse to start before an engine exists; returns the environment
     the engine's CPU workers need (empty on GPUs)."""
     check_model_dir(settings)
+    check_block_size(settings)
     check_model_config(settings)
     adapters(settings)
     return check_parallelism(settings)

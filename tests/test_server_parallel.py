@@ -153,6 +153,15 @@ def test_pipeline_parallel_on_cpu_is_refused(model_dir):
     assert seconds < 60, seconds
 
 
+@pytest.mark.parametrize("size", ["16", "48", "0"])
+def test_a_block_size_the_cpu_engine_cannot_run_is_refused(model_dir, size):
+    done, seconds = _serve(str(model_dir), "--block-size", size)
+    assert done.returncode != 0
+    expected = "must be at least 1 token" if size == "0" else f"--block-size {size} cannot run on a CPU engine"
+    assert expected in done.stderr and "Traceback" not in done.stderr
+    assert seconds < 60, seconds
+
+
 @pytest.mark.parametrize(
     "change, named, supported",
     [
