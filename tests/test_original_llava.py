@@ -268,7 +268,7 @@ def _chat_service(hf_config, model_dir, tokenizer):
     from server.chat.templates import choose_template
 
     llm = SimpleNamespace(get_tokenizer=lambda: tokenizer, model_config=SimpleNamespace(hf_config=hf_config))
-    settings = SimpleNamespace(model_dir=lambda: model_dir)
+    settings = SimpleNamespace(model_dir=lambda: model_dir, reply_memory_tokens=1000)
     return ChatService(engine=SimpleNamespace(llm=llm), template=choose_template("vicuna_v1", tokenizer, "llama"),
                        images=None, metrics=None, limiter=None, settings=settings,
                        image_tokens=ImageTokenCount(least=16))
@@ -286,11 +286,11 @@ def test_server_tokenises_as_the_model_config_says(built, tmp_path):
     ]}).messages
     want = reference_ids(built.sp, original_prompt(LLAVA_V1_SYSTEM, QUESTION, 1), built.image_id, built.bos)
     hf_config = AutoConfig.from_pretrained(built.out)
-    assert _chat_service(hf_config, tmp_path, built.tok)._token_ids(messages) == want
+    assert _chat_service(hf_config, tmp_path, built.tok)._token_ids(messages)[1] == want
     # The engine's config without the key: the model directory's config.json decides.
-    assert _chat_service(SimpleNamespace(), built.out, built.tok)._token_ids(messages) == want
+    assert _chat_service(SimpleNamespace(), built.out, built.tok)._token_ids(messages)[1] == want
     whole = _chat_service(SimpleNamespace(), tmp_path, built.tok)
-    assert whole.prompt_tokenization == "whole" and len(whole._token_ids(messages)) == len(want) - 1
+    assert whole.prompt_tokenization == "whole" and len(whole._token_ids(messages)[1]) == len(want) - 1
 
 
 # ---- (c) greedy parity over HTTP with transformers on the original's ids ----------------------
