@@ -4,6 +4,7 @@ Checks the report's structure and that every request succeeded, not timings.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,33 @@ def test_vllm_client_cross_check_is_a_row_per_contender():
     text = markdown([], {"ours": ok, "vllm-tuned": {"error": "boom"}}, {"config": "tiny"})
     assert "| ours | 64 | 2.50 | 160.0 | 900 ms | 2100 ms | 70 ms |" in text
     assert "| vllm-tuned | failed: 'boom'" in text
+
+
+def test_a_contender_is_never_measured_on_a_port_another_server_holds(tmp_path):
+    """A server left on the port (from an earlier, killed run) answers /health: the old
+    harness took that for the contender being ready and measured the stray server in its
+    name while the contender failed to bind. Now the start is refused."""
+    import http.server
+    import threading
+
+    from benchmarks.serving.run import Contender, start
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    stray = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=stray.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{stray.server_address[1]}"
+    sleeper = Contender("sleeper", [sys.executable, "-c", "import time; time.sleep(20)"], dict(os.environ))
+    try:
+        with pytest.raises(RuntimeError, match="already in use"):
+            proc = start(sleeper, base, tmp_path / "sleeper.log", timeout=10)
+            proc.kill()
+    finally:
+        stray.shutdown()
+        stray.server_close()

@@ -25,6 +25,8 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -151,7 +153,23 @@ def contenders(model: Path, served: str, port: int, args, vicuna_jinja: Path) ->
     }
 
 
+def port_is_free(base: str) -> bool:
+    url = httpx.URL(base)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # as servers bind: connections of a stopped server waiting out TIME_WAIT do not count
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((url.host, url.port))
+        except OSError:
+            return False
+    return True
+
+
 def start(contender: Contender, base: str, log: Path, timeout: float = 600) -> subprocess.Popen:
+    # Another server on the port (one left from an earlier run) would answer /health and be
+    # measured in this contender's name while the contender fails to bind.
+    if not port_is_free(base):
+        raise RuntimeError(f"{base} is already in use: stop what listens there before measuring {contender.name}")
     cmd = contender.cmd() if callable(contender.cmd) else contender.cmd
     proc = subprocess.Popen(cmd, env=contender.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + timeout
@@ -159,7 +177,7 @@ def start(contender: Contender, base: str, log: Path, timeout: float = 600) -> s
         if proc.poll() is not None:
             raise RuntimeError(f"{contender.name} exited with {proc.returncode}; see {log}")
         try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
+            if httpx.get(base + "/health", timeout=2).status_code == 200 and proc.poll() is None:
                 return proc
         except httpx.HTTPError:
             pass
@@ -255,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     vicuna_jinja = logs / "vicuna_v1.jinja"
     vicuna_jinja.write_text(chat_template("vicuna_v1"))
     runs, cross_check, multiturn = [], {}, {}
+    # A SIGTERM (kill) unwinds through the ``finally`` below and stops the running contender,
+    # rather than leaving it serving on the port.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     machine = ceilings()  # measured before any server runs, on this process's threads
     print(f"measured matmul ceilings, GFLOP/s: {machine}", flush=True)
     for name in args.contenders:
