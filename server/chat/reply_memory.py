@@ -111,12 +111,8 @@ def _tail_after(entry: _Entry, text: str, ids: Sequence[int], spans: Sequence[Sp
     start = entry.prompt_chars
     if len(text) < start + len(reply) or _digest(text[:start]) != entry.prompt_hash:
         return None
-    gap = 0
-    while gap <= _MAX_GAP and not text.startswith(reply, start + gap):
-        if start + gap >= len(text) or not text[start + gap].isspace():
-            return None
-        gap += 1
-    if gap > _MAX_GAP:
+    gap = next((g for g in range(_MAX_GAP + 1) if text.startswith(reply, start + g)), None)
+    if gap is None or text[start : start + gap].strip():
         return None
     end = start + gap + len(reply)
     for index, (first, last) in enumerate(spans):

@@ -47,6 +47,7 @@ class ChatService:
         self.settings = settings
         self.image_tokens = image_tokens  # llava_model.anyres.ImageTokenCount
         self.tokenizer = engine.llm.get_tokenizer()
+        self.image_id = self.tokenizer.convert_tokens_to_ids(IMAGE)
         # How this checkpoint was trained to read prompts (llava_model.prompt_ids), read once:
         # the engine's config, else the model directory's config.json.
         from llava_model.prompt_ids import SETTING, prompt_tokenization
@@ -125,9 +126,8 @@ class ChatService:
         # (the tokenizer is shared).
         loop = asyncio.get_running_loop()
         text, ids = await loop.run_in_executor(self._prompt_pool, self._token_ids, req.messages)
-        image_id = self.tokenizer.convert_tokens_to_ids(IMAGE)
-        if ids.count(image_id) != len(urls):
-            raise bad_request(f"chat template {self.template.name!r} placed {ids.count(image_id)} image "
+        if ids.count(self.image_id) != len(urls):
+            raise bad_request(f"chat template {self.template.name!r} placed {ids.count(self.image_id)} image "
                               f"placeholder(s) for {len(urls)} image(s) in these messages", param="messages")
         # Checked before loading with the fewest tokens an image can cost, then with the exact count
         # (which, for LLaVA-NeXT, depends on each image's size).
@@ -163,8 +163,7 @@ class ChatService:
         ids, spans = encode_prompt_with_offsets(self.tokenizer, text, self.prompt_tokenization, offsets=keep)
         if keep:
             spliced = self.replies.splice(text, ids, spans, replies)
-            image_id = self.tokenizer.convert_tokens_to_ids(IMAGE)
-            if spliced is not None and spliced.count(image_id) == ids.count(image_id):
+            if spliced is not None and spliced.count(self.image_id) == ids.count(self.image_id):
                 return text, spliced
         return text, ids
 
