@@ -110,8 +110,8 @@ def _step(name: str, path: Path, log: dict, fn, fingerprint: str) -> str:
 
 def _pixels(scenes: list, image_size: int, chunk: int = 256) -> torch.Tensor:
     """The scenes' pictures through the server's preprocessing, once, kept in bf16 for CLIP
-    training. Drawn ``chunk`` at a time: all 44,000 of the default CLIP's pictures held at once
-    took 14 GB; drawn in chunks the step peaks near 6 GB, with the same pixels."""
+    training. Drawn ``chunk`` at a time: drawing all 44,000 of the default CLIP's pictures before
+    preprocessing peaked at 14 GB; in chunks, 6 GB (measured without the training), same pixels."""
     from llava_model.image_processing import ImageProcessingConfig, preprocess_images
 
     cfg = ImageProcessingConfig(image_size=image_size, shortest_edge=image_size, aspect_mode="pad")
