@@ -36,30 +36,43 @@ def _start(model_dir, extra, log, kv_cache_gb: int) -> tuple[subprocess.Popen, s
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), f"http://127.0.0.1:{port}"
 
 
-def _ready(proc: subprocess.Popen, base: str, ready_timeout: float, log_path: Path) -> bool:
-    """True once the server answers /health; False if it exited because its port was taken."""
-    deadline = time.time() + ready_timeout
+def wait_healthy(proc: subprocess.Popen, base: str, timeout: float) -> bool:
+    """True once ``base``/health answers 200 while ``proc`` runs; False if ``proc`` exited
+    first. Raises TimeoutError after ``timeout`` seconds (the process is left running)."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            if PORT_TAKEN in log_path.read_text(errors="replace"):
-                return False
-            raise RuntimeError(f"server exited with {proc.returncode} while starting (log: {log_path})")
+            return False
         try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200 and proc.poll() is None:
                 return True
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    raise RuntimeError(f"server not ready within {ready_timeout} s (log: {log_path})")
+    raise TimeoutError(f"not healthy within {timeout} s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM ``proc``; SIGKILL it if it has not exited after ``grace`` seconds."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+
+def _ready(proc: subprocess.Popen, base: str, ready_timeout: float, log_path: Path) -> bool:
+    """True once the server answers /health; False if it exited because its port was taken."""
+    try:
+        if wait_healthy(proc, base, ready_timeout):
+            return True
+    except TimeoutError:
+        raise RuntimeError(f"server not ready within {ready_timeout} s (log: {log_path})") from None
+    if PORT_TAKEN in log_path.read_text(errors="replace"):
+        return False
+    raise RuntimeError(f"server exited with {proc.returncode} while starting (log: {log_path})")
 
 
 @contextmanager
@@ -76,8 +89,8 @@ def running_server(model_dir, *extra: str, log_path=None, ready_timeout: float =
                         try:
                             yield base, proc
                         finally:
-                            _stop(proc)
+                            stop(proc)
                         return
                 finally:
-                    _stop(proc)
+                    stop(proc)
         raise RuntimeError(f"server lost its port {PORT_ATTEMPTS} times while starting (log: {path})")

@@ -30,7 +30,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from benchmarks.serving.multiturn import MultiTurnConfig, run_multiturn
 from benchmarks.serving.report import write_report
 from kernels.ceiling import ceilings
 from llava_model.chat_format import IMAGE, chat_template
+from server.child_process import stop, wait_healthy
 
 BASELINE_PYTHON = Path(".venv-baseline/bin/python")
 LLAMA_SERVER = Path(".llamacpp/bin/llama-server")
@@ -172,27 +172,13 @@ def start(contender: Contender, base: str, log: Path, timeout: float = 600) -> s
         raise RuntimeError(f"{base} is already in use: stop what listens there before measuring {contender.name}")
     cmd = contender.cmd() if callable(contender.cmd) else contender.cmd
     proc = subprocess.Popen(cmd, env=contender.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{contender.name} exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200 and proc.poll() is None:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise RuntimeError(f"{contender.name} did not become healthy in {timeout} s; see {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
     try:
-        proc.wait(90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        if wait_healthy(proc, base, timeout):
+            return proc
+    except TimeoutError:
+        stop(proc, grace=10)
+        raise RuntimeError(f"{contender.name} did not become healthy in {timeout} s; see {log}") from None
+    raise RuntimeError(f"{contender.name} exited with {proc.returncode}; see {log}")
 
 
 def vllm_client(base: str, served: str, model: Path, args, out_dir: Path) -> dict:
@@ -330,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.vllm_client and name in ("ours", "vllm", "vllm-tuned"):  # the same tool against each
                 cross_check[name] = vllm_client(base, served, model, args, logs)
         finally:
-            stop(proc)
+            stop(proc, grace=90)
     # Measured again with every server stopped: a start right after other work (a server still
     # exiting) measured low. Shares use the higher of the two, per dtype.
     after = ceilings()
