@@ -71,3 +71,20 @@ def test_probe_reads_what_the_vision_tokens_carry(built):
     # colour is what even the reduced CLIP learns first (the full one: 100 % on held-out scenes)
     assert colour["mlp"] >= colour["chance"] + 0.3, report
     assert set(report["attributes"]) == {"shape", "colour", "row", "column"}
+
+
+def test_lookup_probe_reads_the_llm_at_the_question_word(built):
+    from transformers import AutoConfig
+
+    from train.builtin.lookup_probe import LookupConfig, markdown, run_lookup
+
+    root, _ = built
+    report = run_lookup(LookupConfig(str(root / "model"), train_scenes=200, test_scenes=50, steps=100))
+    print(markdown(report))
+    layers = report["layers"]
+    text = AutoConfig.from_pretrained(root / "model").text_config
+    assert len(layers) == text.num_hidden_layers + 1
+    assert all(len(row["heads"]) == text.num_attention_heads for row in layers[1:])
+    assert all(0 <= h["named"] <= 1 and 0 <= h["other"] <= 1 for row in layers[1:] for h in row["heads"])
+    # layer 0 is the word's own embedding: it cannot know where anything in the image is
+    assert layers[0]["place_at_word"] <= report["chance"] + 0.1, layers[0]

@@ -7,6 +7,7 @@
     llava-train default-model [--check models/default]      rebuild the built-in model from nothing
     llava-train bench --serve stage2=models/default         shapes-bench through our server
     llava-train probe --model models/default                what its vision tokens carry (probes)
+    llava-train probe --lookup --model models/default       does the LLM find a named object and its place
     llava-train presets                                     what each preset sets
 
 Stages run under ``torchrun`` unchanged (``torchrun --nproc_per_node 8 -m train stage2 ...``).
@@ -118,9 +119,14 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _probe(args: argparse.Namespace) -> None:
-    from train.builtin.probe import ProbeConfig, markdown, run_probe
+    if args.lookup:
+        from train.builtin.lookup_probe import LookupConfig, markdown, run_lookup
 
-    report = run_probe(ProbeConfig(args.model, args.train_scenes, args.test_scenes, args.split, args.after_projector))
+        report = run_lookup(LookupConfig(args.model, args.train_scenes, args.test_scenes, args.split))
+    else:
+        from train.builtin.probe import ProbeConfig, markdown, run_probe
+
+        report = run_probe(ProbeConfig(args.model, args.train_scenes, args.test_scenes, args.split, args.after_projector))
     print(markdown(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
@@ -184,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-scenes", type=int, default=200)
     p.add_argument("--split", default="main", choices=sorted(BENCH_SPLITS))
     p.add_argument("--after-projector", action="store_true", help="probe the projector's output, not the tower's")
+    p.add_argument("--lookup", action="store_true",
+                   help="probe the LLM instead: does a question's object name find the object, and does its place come across")
     p.add_argument("--out", help="also write the report as JSON here")
     p.set_defaults(func=_probe)
     sub.add_parser("presets", help="print the presets").set_defaults(func=_presets)

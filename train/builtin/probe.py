@@ -31,12 +31,13 @@ class ProbeConfig:
     seed: int = 0
 
 
-def _load(model_dir: str):
+def _load(model_dir: str, attn_implementation: str | None = None):
     from transformers import LlavaForConditionalGeneration
 
     from train.llava.trainer import _image_config
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=attn_implementation).eval()
     image_cfg, _ = _image_config(model_dir, model.config.vision_config.image_size)  # as training reads it
     return model, image_cfg
 
@@ -58,13 +59,18 @@ def vision_tokens(model, image_cfg, images, after_projector: bool) -> torch.Tens
     return torch.cat(out)
 
 
+def patch_index(obj, side: int) -> int:
+    """Index, among a ``side`` x ``side`` grid of patch tokens, of the patch under ``obj``'s centre."""
+    x, y = obj.centre
+    return min(int(y * side), side - 1) * side + min(int(x * side), side - 1)
+
+
 def _examples(tokens: torch.Tensor, scenes) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     side = round(tokens.shape[1] ** 0.5)
     rows, labels = [], {k: [] for k in ATTRIBUTES}
     for i, scene in enumerate(scenes):
         for obj in scene.objects:
-            x, y = obj.centre
-            rows.append(tokens[i, min(int(y * side), side - 1) * side + min(int(x * side), side - 1)])
+            rows.append(tokens[i, patch_index(obj, side)])
             row, col = obj.cell
             for name, value in (("shape", obj.shape), ("colour", obj.colour), ("row", row), ("column", col)):
                 labels[name].append(ATTRIBUTES[name].index(value))
