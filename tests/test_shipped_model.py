@@ -134,3 +134,19 @@ def test_the_shipped_llm_finds_a_named_object_and_its_token_holds_the_place():
     assert best["named"] >= 0.5 and best["other"] <= 0.2, report
     # 400 scenes fit a 192-wide linear probe only so well (2,000: 96 %); chance is ~15 %
     assert max(row["place_at_object"] for row in report["layers"]) >= report["chance"] + 0.5, report
+
+
+def test_lookup_probe_counts_the_class_token_where_the_model_keeps_it(tmp_path):
+    """A model that feeds the LLM the class token too ("full") gets one image token more, and
+    the objects' tokens shift by one; a probe that miscounted would not even run."""
+    import shutil
+
+    from train.builtin.lookup_probe import LookupConfig, run_lookup
+
+    model = tmp_path / "full"
+    shutil.copytree(MODEL, model)
+    config = json.loads((model / "config.json").read_text())
+    config["vision_feature_select_strategy"] = "full"
+    (model / "config.json").write_text(json.dumps(config))
+    report = run_lookup(LookupConfig(str(model), train_scenes=60, test_scenes=20, steps=20))
+    assert len(report["layers"]) == config["text_config"]["num_hidden_layers"] + 1

@@ -51,10 +51,11 @@ class _Sample:
     place: int  # row * 3 + column of the named object
 
 
-def _samples(scenes, tokenizer, cfg: LookupConfig, n_image: int) -> list[_Sample]:
+def _samples(scenes, tokenizer, cfg: LookupConfig, side: int, cls_token: bool) -> list[_Sample]:
+    """``side`` x ``side`` patch tokens per image, after a class token where ``cls_token``."""
     from llava_model.chat_format import IMAGE, Turn, prompt
 
-    side = round(n_image ** 0.5)
+    n_image = side * side + cls_token
     image_id = tokenizer.convert_tokens_to_ids(IMAGE)
     out = []
     for scene in scenes:
@@ -72,7 +73,7 @@ def _samples(scenes, tokenizer, cfg: LookupConfig, n_image: int) -> list[_Sample
         at = ids.index(image_id)
         ids = ids[:at] + [image_id] * n_image + ids[at + 1:]
         row, col = obj.cell
-        targets = [at + patch_index(o, side) for o in objs]
+        targets = [at + cls_token + patch_index(o, side) for o in objs]
         out.append(_Sample(ids, word + n_image - 1, targets[named],
                            [t for i, t in enumerate(targets) if i != named and t != targets[named]], row * 3 + col))
     return out
@@ -125,12 +126,13 @@ def run_lookup(cfg: LookupConfig) -> dict:
     model, image_cfg = _load(cfg.model, attn_implementation="eager")  # eager: the only one that returns weights
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     vision = model.config.vision_config
-    n_image = (vision.image_size // vision.patch_size) ** 2
+    side = vision.image_size // vision.patch_size
+    cls_token = model.config.vision_feature_select_strategy == "full"  # "default" drops it
     world = SPLITS[cfg.split]
     results = {}
     for name, seeds in (("train", range(cfg.train_scenes)), ("test", range(FIRST_SEED, FIRST_SEED + cfg.test_scenes))):
         scenes = [make_scene(s, world) for s in seeds]
-        samples = _samples(scenes, tokenizer, cfg, n_image)
+        samples = _samples(scenes, tokenizer, cfg, side, cls_token)
         results[name] = (samples, _run(model, image_cfg, samples, [s.render() for s in scenes], tokenizer.pad_token_id))
     (train, (w_train, t_train, _, _)), (test, (w_test, t_test, named, other)) = results["train"], results["test"]
     y_train = torch.tensor([s.place for s in train])
