@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from train.builtin.probe import _fit, _load, patch_index
+from train.builtin.probe import _load, held_out_accuracy, patch_index
 from train.builtin.shapes_bench import FIRST_SEED, SPLITS
 from train.builtin.world import make_scene
 
@@ -110,10 +110,7 @@ def _run(model, image_cfg, samples: list[_Sample], images, pad_id: int, batch: i
 
 def _probe_accuracy(x_train, y_train, x_test, y_test, steps: int, seed: int) -> float:
     mean, std = x_train.mean(0), x_train.std(0) + 1e-5
-    with torch.enable_grad():
-        probe = _fit((x_train - mean) / std, y_train, PLACES, 0, steps, seed)
-    with torch.no_grad():
-        return round((probe((x_test - mean) / std).argmax(1) == y_test).float().mean().item(), 3)
+    return held_out_accuracy((x_train - mean) / std, y_train, (x_test - mean) / std, y_test, PLACES, 0, steps, seed)
 
 
 def run_lookup(cfg: LookupConfig) -> dict:

@@ -91,6 +91,15 @@ def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, hidden: int, steps: int
     return probe
 
 
+def held_out_accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                      classes: int, hidden: int, steps: int, seed: int) -> float:
+    """Fit a probe (linear where ``hidden`` is 0, else an MLP) on the training rows; its accuracy on the test rows."""
+    with torch.enable_grad():
+        probe = _fit(x_train, y_train, classes, hidden, steps, seed)
+    with torch.no_grad():
+        return round((probe(x_test).argmax(1) == y_test).float().mean().item(), 3)
+
+
 def run_probe(cfg: ProbeConfig) -> dict:
     """Held-out accuracy of a linear and an MLP probe per attribute, with chance beside them."""
     if cfg.split not in SPLITS:
@@ -112,10 +121,8 @@ def run_probe(cfg: ProbeConfig) -> dict:
         counts = torch.bincount(y_test[name], minlength=len(classes))
         row = {"chance": round(counts.max().item() / len(x_test), 3)}
         for kind, hidden in (("linear", 0), ("mlp", 256)):
-            with torch.enable_grad():
-                probe = _fit(x_train, y_train[name], len(classes), hidden, cfg.steps, cfg.seed)
-            with torch.no_grad():
-                row[kind] = round((probe(x_test).argmax(1) == y_test[name]).float().mean().item(), 3)
+            row[kind] = held_out_accuracy(x_train, y_train[name], x_test, y_test[name], len(classes), hidden,
+                                          cfg.steps, cfg.seed)
         report["attributes"][name] = row
     return report
 
