@@ -175,3 +175,55 @@ def test_clip_pictures_are_drawn_a_chunk_at_a_time_with_the_same_pixels():
     whole = _pixels([make_scene(s) for s in seeds], 96, chunk=len(seeds))
     assert pixels.shape == (40, 3, 96, 96) and pixels.dtype == whole.dtype
     assert (pixels.view(-1) == whole.view(-1)).all()
+
+
+def test_precision_auto_runs_fp32_where_this_cpu_runs_bf16_slower_and_keeps_the_recipe_elsewhere():
+    import pytest
+
+    from train.builtin.recipe import RecipeConfig, resolve_precision, with_bf16
+
+    slow_bf16 = {"bfloat16": 1.0, "float32": 38.0}  # a CPU without AVX-512 BF16 or AMX (measured on one of ours)
+    bf16, why = resolve_precision(RecipeConfig(), slow_bf16.get)
+    assert bf16 is False and "fp32" in why and "bf16 1," in why
+    steps = with_bf16(PRESETS["default"], bf16)
+    assert not any(s.bf16 for s in (steps.clip, steps.lm, steps.stage1, steps.stage2))
+    assert resolve_precision(RecipeConfig(), {"bfloat16": 800.0, "float32": 300.0}.get)[0] is None  # AMX
+    assert with_bf16(PRESETS["default"], None) == PRESETS["default"]
+
+    def no_measuring(dtype):
+        raise AssertionError("measured although the choice needs no measurement")
+
+    assert resolve_precision(RecipeConfig(device="cuda"), no_measuring)[0] is None
+    assert resolve_precision(RecipeConfig(precision="fp32"), no_measuring)[0] is False
+    assert resolve_precision(RecipeConfig(precision="bf16"), no_measuring)[0] is True
+    with pytest.raises(ValueError, match="expected auto, bf16 or fp32"):
+        resolve_precision(RecipeConfig(precision="fp16"), no_measuring)
+
+
+def test_build_trains_in_the_resolved_precision_under_the_recipes_fingerprints(tmp_path, monkeypatch):
+    """fp32 on a slow-bf16 CPU reaches the steps, and a step done in bf16 elsewhere is still reused."""
+    import dataclasses
+
+    import pytest
+
+    from train.builtin import recipe
+    from train.builtin.world_data import WorldDataConfig
+
+    seen = []
+
+    def stop_at_clip(pixels, captions, tokenizer, cfg, *args, **kwargs):
+        seen.append(cfg.bf16)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "train_clip", stop_at_clip)
+    monkeypatch.setattr(recipe, "resolve_precision", lambda cfg: (False, "fp32 (test)"))
+    cfg = dataclasses.replace(PRESETS["ci"], world=WorldDataConfig(scenes=4), progress=False,
+                              clip=dataclasses.replace(PRESETS["ci"].clip, scenes=4))
+    with pytest.raises(KeyboardInterrupt):
+        recipe.build(tmp_path / "m", cfg, tmp_path / "work")
+    assert seen == [False] and cfg.clip.bf16  # the recipe says bf16; this machine trains in fp32
+    fp_tok = recipe._fingerprint(recipe._fingerprint(cfg.world), cfg.vocab_size)
+    assert recipe._finished(tmp_path / "work" / "tokenizer", fp_tok) is not None
+    # the CLIP step is known by the recipe's settings (bf16 on), so a build resumed on a machine
+    # that runs bf16 fast picks up where this one stopped
+    assert (tmp_path / "work" / "clip" / ".started").read_text() == recipe._fingerprint(fp_tok, cfg.clip)

@@ -84,7 +84,7 @@ def _default_model(args: argparse.Namespace) -> None:
         raise ValueError("--check compares a rebuild with the shipped model: give --out another folder")
     if not args.record_only:
         cfg = dataclasses.replace(RECIPES[args.preset], threads=args.threads, progress=not args.no_progress,
-                                  device=args.device)
+                                  device=args.device, precision=args.precision)
         build(args.out, cfg, args.work_dir)
         print(f"built {args.out}")
     if args.bench:
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda: the same recipe on a GPU (weights differ in the "
                    "last bits from a CPU build; --check compares the recipe and the scores, not the bits)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: the recipe's bf16 where this machine's bf16 products run at least as fast as fp32 "
+                   "(measured at the start; always on a GPU), else fp32")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_default_model)
     p = sub.add_parser("bench", help="shapes-bench through an OpenAI-compatible server (ours by default)")

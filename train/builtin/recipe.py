@@ -53,6 +53,12 @@ class RecipeConfig:
     threads: int = 0  # torch threads (0: leave torch's default)
     progress: bool = True
     device: str = "cpu"  # cpu | cuda (| cuda:N): where CLIP, the LLM and the stages train; not in any fingerprint
+    # auto | bf16 | fp32: whether CLIP, the LLM and the stages autocast their products to bf16 (the
+    # steps' own ``bf16`` settings) or run them in fp32. auto keeps the steps' settings on a GPU and on
+    # a CPU whose bf16 products measure at least as fast as fp32, else fp32: CPUs without AVX-512 BF16
+    # or AMX run bf16 in a slow path (one of ours: 1 GFLOP/s against fp32's 38, a build of days). Like
+    # ``device``, not in any fingerprint: it changes how the steps run, not what they learn from.
+    precision: str = "auto"
     extra: dict = field(default_factory=dict)
 
 
@@ -119,6 +125,37 @@ def _pixels(scenes: list, image_size: int, chunk: int = 256) -> torch.Tensor:
                       for i in range(0, len(scenes), chunk)])
 
 
+def resolve_precision(cfg: RecipeConfig, rate=None) -> tuple[bool | None, str]:
+    """``(bf16, why)``: ``None`` keeps each step's own ``bf16`` setting, ``False`` runs every
+    step in fp32, ``True`` autocasts every step to bf16. ``rate(dtype)`` is the measured
+    GFLOP/s (``kernels.ceiling`` by default), only asked for ``auto`` on a CPU."""
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"--precision {cfg.precision!r}: expected auto, bf16 or fp32")
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16", f"precision {cfg.precision}, as asked"
+    if not cfg.device.startswith("cpu"):
+        return None, f"precision auto on {cfg.device}: each step's own setting"
+    if rate is None:
+        from functools import partial
+
+        from kernels.ceiling import matmul_gflops
+
+        rate = partial(matmul_gflops, size=512, seconds=0.2)
+    bf16, fp32 = rate("bfloat16"), rate("float32")
+    keep = bf16 >= fp32
+    chosen = "each step's own setting" if keep else "fp32"
+    return (None if keep else False), (f"precision auto on this CPU: matmuls measured at bf16 {bf16:.0f}, "
+                                       f"fp32 {fp32:.0f} GFLOP/s; {chosen}")
+
+
+def with_bf16(cfg: RecipeConfig, bf16: bool | None) -> RecipeConfig:
+    """``cfg`` with every step's ``bf16`` set to ``bf16`` (unchanged for ``None``)."""
+    if bf16 is None:
+        return cfg
+    return replace(cfg, clip=replace(cfg.clip, bf16=bf16), lm=replace(cfg.lm, bf16=bf16),
+                   stage1=replace(cfg.stage1, bf16=bf16), stage2=replace(cfg.stage2, bf16=bf16))
+
+
 def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir: str | Path | None = None) -> dict:
     """Build the model into ``out_dir``; returns what each step did (also in ``build_log.json``)."""
     from train.llava.trainer import train_stage
@@ -129,10 +166,13 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
         raise ValueError(f"--device {cfg.device}: torch sees no CUDA device here")
     if not cfg.device.startswith(("cpu", "cuda")):
         raise ValueError(f"--device {cfg.device!r}: expected cpu or cuda")
+    bf16, why = resolve_precision(cfg)
+    print(why, flush=True)
+    run_cfg = with_bf16(cfg, bf16)  # what the steps run with; fingerprints come from ``cfg``
     out = Path(out_dir)
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    log: dict = {"config": asdict(cfg)}
+    log: dict = {"config": asdict(cfg), "precision": why}
     data = work / "data"
 
     def world(path: Path) -> dict:
@@ -167,13 +207,13 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
             scenes += family
         pixels = _pixels(scenes, cfg.clip.image_size)
         captions = [s.layout_captions() if cfg.clip.captions == "layout" else s.captions() for s in scenes]
-        losses = train_clip(pixels, captions, tokenizer, cfg.clip, path, cfg.progress, groups, cfg.device)
+        losses = train_clip(pixels, captions, tokenizer, run_cfg.clip, path, cfg.progress, groups, cfg.device)
         return {"images": len(scenes), "first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
     fp_clip = _step("clip", work / "clip", log, clip_step, _fingerprint(fp_tok, cfg.clip))
 
     def lm_step(path: Path) -> dict:
-        losses = train_lm(texts, tokenizer, cfg.lm, path, cfg.progress, cfg.device)
+        losses = train_lm(texts, tokenizer, run_cfg.lm, path, cfg.progress, cfg.device)
         return {"first_loss": losses[0], "final_loss": sum(losses[-10:]) / len(losses[-10:])}
 
     fp_lm = _step("lm", work / "lm", log, lm_step, _fingerprint(fp_tok, cfg.lm))
@@ -190,7 +230,7 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
 
     def stage(name: str, stage_cfg: StageConfig, model_dir: Path, data_file: str, upstream: str) -> str:
         def run(path: Path) -> dict:
-            full = replace(stage_cfg, model=str(model_dir), data=str(data / data_file), image_root=str(data),
+            full = replace(stage_cfg, bf16=stage_cfg.bf16 if bf16 is None else bf16, model=str(model_dir), data=str(data / data_file), image_root=str(data),
                            output_dir=str(path / "run"), progress=cfg.progress)
             result = train_stage(full, export_dir=path / "model", force_cpu=not cfg.device.startswith("cuda"))
             shutil.rmtree(path / "run" / f"checkpoint-{result['steps']}", ignore_errors=True)
@@ -247,6 +287,7 @@ def build_record(cfg: RecipeConfig, log: dict, model_dir: Path) -> dict:
         "build_seconds": round(sum(log[k].get("seconds") or 0 for k in steps), 1),
         "resumed_steps": [k for k in steps if log[k].get("skipped")],
         "machine": machine() | {"device": cfg.device},
+        "precision": log.get("precision"),
         "weights_sha256": _digest(model_dir / "model.safetensors"),
     }
 
