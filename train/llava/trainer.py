@@ -53,6 +53,23 @@ def _accelerator(cfg: StageConfig, force_cpu: bool = False):
                        cpu=force_cpu or not torch.cuda.is_available())
 
 
+def slow_bf16_warning(rate=None) -> str | None:
+    """A warning when this CPU runs bf16 products slower than fp32 (no AVX-512 BF16 or AMX:
+    one of ours ran them at 1 GFLOP/s against fp32's 38), where ``--bf16`` makes training
+    slower, not faster; ``None`` otherwise. ``rate(dtype)``: measured GFLOP/s."""
+    if rate is None:
+        from functools import partial
+
+        from kernels.ceiling import matmul_gflops
+
+        rate = partial(matmul_gflops, size=512, seconds=0.2)
+    bf16, fp32 = rate("bfloat16"), rate("float32")
+    if bf16 >= fp32:
+        return None
+    return (f"warning: --bf16 on this CPU: its bf16 products measured at {bf16:.0f} GFLOP/s, fp32 at "
+            f"{fp32:.0f}; --no-bf16 trains faster here")
+
+
 def _rank_batches(n: int, cfg: StageConfig, world: int, rank: int, steps: int, steps_per_epoch: int):
     """Index lists this process feeds, micro-batch by micro-batch, for ``steps`` steps."""
     accum = cfg.global_batch // (cfg.per_device_batch * world)
@@ -135,6 +152,8 @@ def train_stage(cfg: StageConfig, export_dir: str | Path | None = None, force_cp
     if not (Path(cfg.model) / "config.json").is_file():
         raise ValueError(f"--model {cfg.model}: no config.json; expected a LLaVA checkpoint (llava-train assemble)")
     acc = _accelerator(cfg, force_cpu)
+    if cfg.bf16 and acc.device.type == "cpu" and (warning := slow_bf16_warning()):
+        acc.print(warning)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
