@@ -15,21 +15,28 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def matmul_gflops(dtype: str, size: int = 1024, seconds: float = 0.1, device: str = "cpu") -> float:
     """GFLOP/s of ``size``-cubed matrix products in ``dtype``: the best of the products that
-    fit in about ``seconds`` (at least one, after a small warm-up), on the current torch
-    threads. A dtype this machine runs in a slow scalar path costs one product, not more."""
+    fit in about ``seconds`` (at least one of each kind, after a small warm-up), on the
+    current torch threads. Two kinds, since a CPU may run them by different paths: ``torch.mm``
+    and ``F.linear`` (what a model's layers call). On a CPU without AVX-512 BF16 or AMX, one
+    of ours ran bf16 ``mm`` at 1 GFLOP/s and bf16 ``linear`` at 16, and a bf16 server there
+    outran the ``mm`` figure, so a ceiling from ``mm`` alone was no ceiling. A dtype this
+    machine runs in a slow scalar path costs one product of each kind, not more."""
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, generator=gen, device=device).to(DTYPES[dtype])
     b = torch.randn(size, size, generator=gen, device=device).to(DTYPES[dtype])
-    torch.mm(a[:64, :64], b[:64, :64])  # libraries loaded, kernels picked
+    ops = (torch.mm, torch.nn.functional.linear)  # a @ b and a @ b.T: the same FLOPs
+    for op in ops:
+        op(a[:64, :64], b[:64, :64])  # libraries loaded, kernels picked
     best, deadline = float("inf"), time.perf_counter() + seconds
     for _ in range(100):
-        if device != "cpu":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device != "cpu":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        for op in ops:
+            if device != "cpu":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            op(a, b)
+            if device != "cpu":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
         if time.perf_counter() > deadline:
             break
     return 2 * size**3 / best / 1e9

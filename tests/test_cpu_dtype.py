@@ -59,3 +59,21 @@ def test_measurements_are_real_numbers():
         assert math.isfinite(rate) and rate > 0
     measured = ceilings(size=128)
     assert set(measured) == {"float32", "bfloat16", "float16"} and all(v > 0 for v in measured.values())
+
+
+def test_the_ceiling_takes_the_faster_of_mm_and_linear(monkeypatch):
+    """A CPU may run one of them in a slow path (bf16 ``mm`` at 1 GFLOP/s beside ``linear`` at 16
+    on one of ours); a model's layers call ``linear``, so the slow ``mm`` is not the ceiling."""
+    import time
+
+    import torch
+
+    real_mm = torch.mm
+
+    def slow_mm(a, b):
+        time.sleep(0.05)
+        return real_mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", slow_mm)
+    slow_bound = 2 * 256**3 / 0.05 / 1e9  # what a ceiling from the slow mm could be at most
+    assert matmul_gflops("float32", size=256, seconds=0.02) > 3 * slow_bound
