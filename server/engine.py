@@ -9,13 +9,19 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llava_model.vision import TOWERS
 from server.config import ServerSettings
-from server.quantization import QuantSupport, UnsupportedQuantization, check_quantization, find_quantization
+from server.quantization import (
+    QuantSupport,
+    UnsupportedQuantization,
+    check_quantization,
+    find_quantization,
+    has_cpu_op,
+)
 
 log = logging.getLogger("server.engine")
 
@@ -61,7 +67,8 @@ def _our_plugin_loads(environ: Mapping[str, str]) -> bool:
 
 
 def check_model_config(
-    settings: ServerSettings, environ: Mapping[str, str] = os.environ, cpu: bool | None = None
+    settings: ServerSettings, environ: Mapping[str, str] = os.environ, cpu: bool | None = None,
+    cpu_op: Callable[[str], bool] = has_cpu_op,
 ) -> QuantSupport | None:
     """Refuse, by name, what the model's config.json asks for and our model class cannot load:
     its architecture, its vision tower, a quantisation method this engine cannot run
@@ -121,6 +128,12 @@ def check_model_config(
             f"{path}: {support.method} {support.variant} runs in {' or '.join(support.dtypes)} on a CPU "
             f"engine (vLLM's CPU kernels for it), not --dtype {settings.dtype}; use --dtype auto or "
             f"{support.dtypes[0]}"
+        )
+    if cpu and support.cpu_op and not cpu_op(support.cpu_op):
+        raise UnsupportedModelError(
+            f"{path}: {support.method} {support.variant} needs vLLM's CPU kernel {support.cpu_op}, which the "
+            "kernel library vLLM loads on this CPU lacks (its AVX2 build, for CPUs without AVX-512); "
+            "serve an unquantised or a W8A8 int8 checkpoint here"
         )
     return support
 

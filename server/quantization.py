@@ -49,6 +49,22 @@ class QuantSupport:
     method: str
     variant: str  # e.g. "W8A8 int8"
     dtypes: tuple[str, ...]  # what vLLM's kernels run it in on a CPU engine
+    cpu_op: str = ""  # the op of vLLM's CPU build it needs, where only some builds have it
+
+
+# vLLM's CPU wheel holds one kernel library per ISA and loads the one this CPU runs; the AVX2
+# one (CPUs without AVX-512, e.g. AMD Zen 3) has no 4-bit weight-only GEMM, and a 4-bit
+# checkpoint failed there at the first request, inside the engine.
+WNA16_OP = "cpu_gemm_wna16"
+
+
+def has_cpu_op(op: str) -> bool:
+    """Whether the vLLM CPU kernel library this machine loads registers ``op``."""
+    import torch
+    from vllm.platforms import current_platform
+
+    current_platform.import_kernels()
+    return hasattr(torch.ops._C, op)
 
 
 class UnsupportedQuantization(ValueError):
@@ -105,7 +121,7 @@ def _ct_group(group, default_format) -> QuantSupport:
             return QuantSupport("compressed-tensors", "W8A8 fp8", ANY)
     if not inputs and kind == "int" and strategy in ("channel", "group"):
         if bits == 4 and fmt == "pack-quantized":
-            return QuantSupport("compressed-tensors", "W4A16", HALF)
+            return QuantSupport("compressed-tensors", "W4A16", HALF, WNA16_OP)
         if bits == 8:
             raise _gpu_only("compressed-tensors", f"{described}: no CPU kernel for 8-bit weight-only")
     if not inputs and kind == "float":
@@ -129,7 +145,7 @@ def check_quantization(quant: object, *, cpu: bool) -> QuantSupport | None:
         if method in ("gptq", "awq"):
             bits = quant.get("bits", quant.get("w_bit"))
             if bits == 4:
-                return QuantSupport(method, "4-bit", HALF)
+                return QuantSupport(method, "4-bit", HALF, WNA16_OP)
             raise _gpu_only(method, f"{bits}-bit: the CPU kernel takes 4-bit weights only")
         if method in GPU_ONLY:
             raise _gpu_only(method, GPU_ONLY[method])
