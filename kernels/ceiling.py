@@ -17,8 +17,8 @@ def matmul_gflops(dtype: str, size: int = 1024, seconds: float = 0.1, device: st
     """GFLOP/s of ``size``-cubed matrix products in ``dtype``: the best of the products that
     fit in about ``seconds`` (at least one of each kind, after a small warm-up), on the
     current torch threads. Two kinds, since a CPU may run them by different paths: ``torch.mm``
-    and ``F.linear`` (what a model's layers call). On a CPU without AVX-512 BF16 or AMX, one
-    of ours ran bf16 ``mm`` at 1 GFLOP/s and bf16 ``linear`` at 16, and a bf16 server there
+    and ``F.linear`` (what a model's layers call). An AVX2-only CPU of ours ran bf16 ``mm``
+    at 1 GFLOP/s and bf16 ``linear`` at 16, and a bf16 server there
     outran the ``mm`` figure, so a ceiling from ``mm`` alone was no ceiling. A dtype this
     machine runs in a slow scalar path costs one product of each kind, not more."""
     gen = torch.Generator(device=device).manual_seed(0)
@@ -40,6 +40,14 @@ def matmul_gflops(dtype: str, size: int = 1024, seconds: float = 0.1, device: st
         if time.perf_counter() > deadline:
             break
     return 2 * size**3 / best / 1e9
+
+
+def bf16_and_fp32(rate=None) -> tuple[float, float]:
+    """Measured GFLOP/s of bf16 and of fp32 products (512-cubed, about 0.2 s each): what the
+    training code asks before autocasting to bf16 on a CPU. ``rate(dtype)`` replaces the
+    measurement (tests)."""
+    rate = rate or (lambda dtype: matmul_gflops(dtype, size=512, seconds=0.2))
+    return rate("bfloat16"), rate("float32")
 
 
 def ceilings(device: str = "cpu", size: int = 1024) -> dict[str, float]:

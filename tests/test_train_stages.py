@@ -191,6 +191,6 @@ def test_lora_stage2_exports_merged_model_and_an_adapter_vllm_loads(parts, engin
 def test_bf16_on_a_cpu_that_runs_it_slower_than_fp32_is_warned_about():
     from train.llava.trainer import slow_bf16_warning
 
-    warning = slow_bf16_warning({"bfloat16": 1.0, "float32": 38.0}.get)  # measured on one of ours
-    assert warning and "--no-bf16" in warning and "1 GFLOP/s" in warning
+    warning = slow_bf16_warning({"bfloat16": 16.0, "float32": 128.0}.get)  # measured on one of ours (AVX2 only)
+    assert warning and "--no-bf16" in warning and "16 GFLOP/s" in warning
     assert slow_bf16_warning({"bfloat16": 800.0, "float32": 300.0}.get) is None  # AMX

@@ -56,7 +56,7 @@ class RecipeConfig:
     # auto | bf16 | fp32: whether CLIP, the LLM and the stages autocast their products to bf16 (the
     # steps' own ``bf16`` settings) or run them in fp32. auto keeps the steps' settings on a GPU and on
     # a CPU whose bf16 products measure at least as fast as fp32, else fp32: CPUs without AVX-512 BF16
-    # or AMX run bf16 in a slow path (one of ours: 1 GFLOP/s against fp32's 38, a build of days). Like
+    # or AMX run bf16 in a slow path (one of ours, AVX2 only: 16 GFLOP/s against fp32's 128). Like
     # ``device``, not in any fingerprint: it changes how the steps run, not what they learn from.
     precision: str = "auto"
     extra: dict = field(default_factory=dict)
@@ -135,13 +135,9 @@ def resolve_precision(cfg: RecipeConfig, rate=None) -> tuple[bool | None, str]:
         return cfg.precision == "bf16", f"precision {cfg.precision}, as asked"
     if not cfg.device.startswith("cpu"):
         return None, f"precision auto on {cfg.device}: each step's own setting"
-    if rate is None:
-        from functools import partial
+    from kernels.ceiling import bf16_and_fp32
 
-        from kernels.ceiling import matmul_gflops
-
-        rate = partial(matmul_gflops, size=512, seconds=0.2)
-    bf16, fp32 = rate("bfloat16"), rate("float32")
+    bf16, fp32 = bf16_and_fp32(rate)
     keep = bf16 >= fp32
     chosen = "each step's own setting" if keep else "fp32"
     return (None if keep else False), (f"precision auto on this CPU: matmuls measured at bf16 {bf16:.0f}, "
