@@ -18,9 +18,9 @@ def matmul_gflops(dtype: str, size: int = 1024, seconds: float = 0.1, device: st
     fit in about ``seconds`` (at least one of each kind, after a small warm-up), on the
     current torch threads. Two kinds, since a CPU may run them by different paths: ``torch.mm``
     and ``F.linear`` (what a model's layers call). An AVX2-only CPU of ours ran bf16 ``mm``
-    at 1 GFLOP/s and bf16 ``linear`` at 16, and a bf16 server there
-    outran the ``mm`` figure, so a ceiling from ``mm`` alone was no ceiling. A dtype this
-    machine runs in a slow scalar path costs one product of each kind, not more."""
+    at 1 GFLOP/s and bf16 ``linear`` at 16, and a bf16 server there outran the ``mm`` figure,
+    so a ceiling from ``mm`` alone was no ceiling. A dtype this machine runs in a slow scalar
+    path costs one product of each kind, not more."""
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, generator=gen, device=device).to(DTYPES[dtype])
     b = torch.randn(size, size, generator=gen, device=device).to(DTYPES[dtype])

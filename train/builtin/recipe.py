@@ -224,17 +224,18 @@ def build(out_dir: str | Path, cfg: RecipeConfig = PRESETS["default"], work_dir:
 
     fp = _step("assemble", work / "assembled", log, assemble_step, _fingerprint(fp_clip, fp_lm, cfg.projector_type))
 
-    def stage(name: str, stage_cfg: StageConfig, model_dir: Path, data_file: str, upstream: str) -> str:
+    def stage(name: str, model_dir: Path, data_file: str, upstream: str) -> str:
+        """``name`` is the recipe's field: trained as ``run_cfg`` has it, known by ``cfg``'s settings."""
         def run(path: Path) -> dict:
-            full = replace(stage_cfg, bf16=stage_cfg.bf16 if bf16 is None else bf16, model=str(model_dir), data=str(data / data_file), image_root=str(data),
-                           output_dir=str(path / "run"), progress=cfg.progress)
+            full = replace(getattr(run_cfg, name), model=str(model_dir), data=str(data / data_file),
+                           image_root=str(data), output_dir=str(path / "run"), progress=cfg.progress)
             result = train_stage(full, export_dir=path / "model", force_cpu=not cfg.device.startswith("cuda"))
             shutil.rmtree(path / "run" / f"checkpoint-{result['steps']}", ignore_errors=True)
             return result
-        return _step(name, work / name, log, run, _fingerprint(upstream, stage_cfg))
+        return _step(name, work / name, log, run, _fingerprint(upstream, getattr(cfg, name)))
 
-    fp = stage("stage1", cfg.stage1, work / "assembled", "captions.json", fp)
-    stage("stage2", cfg.stage2, work / "stage1" / "model", "instruct.json", fp)
+    fp = stage("stage1", work / "assembled", "captions.json", fp)
+    stage("stage2", work / "stage1" / "model", "instruct.json", fp)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(work / "stage2" / "model", tmp)
