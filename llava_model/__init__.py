@@ -12,9 +12,14 @@ ARCHITECTURES = (ARCHITECTURE, NEXT_ARCHITECTURE)
 
 def register() -> None:
     from vllm import ModelRegistry
+    from vllm.platforms import current_platform
 
     from kernels.llvmlite_guard import guard
 
     ModelRegistry.register_model(ARCHITECTURE, "llava_model.model:LlavaForConditionalGeneration")
     ModelRegistry.register_model(NEXT_ARCHITECTURE, "llava_model.next_model:LlavaNextForConditionalGeneration")
+    if current_platform.is_cpu():
+        from kernels.cpu_int8 import install
+
+        install()  # exact W8A8 int8 layers where this CPU's int8 GEMM saturates
     guard()  # vLLM scans every module right after the plugins load: see kernels.llvmlite_guard

@@ -6,6 +6,7 @@ Only the LLM may be quantised (``llava_model.completeness.refuse_quantised_tower
 
 - compressed-tensors W8A8 int8 (per-channel or per-tensor int8 weights; int8 activations,
   dynamic per token or static per tensor): oneDNN int8 kernels, float32 / bfloat16 / float16.
+  On CPUs without VNNI those saturate; ``kernels.cpu_int8`` makes the layers exact there.
 - compressed-tensors W8A8 fp8 with dynamic per-token activations (per-channel or per-tensor
   fp8 weights): ``torch._scaled_mm`` on the CPU, any dtype.
 - 4-bit weight-only: compressed-tensors W4A16 (``pack-quantized``), GPTQ and AWQ 4-bit:

@@ -14,6 +14,7 @@ Tolerances (measured on this machine in brackets, max |Δ logprob| over the voca
   rounds the weights (dequantised, float activations) is 0.10-0.12 away, so the activations
   add about as much again. 0.3 leaves 2x headroom for another CPU's int8 kernel (oneDNN or
   the AMX one), while a wrong scale or channel order moves log-probabilities by whole units.
+  On an AVX2-only CPU oneDNN's int8 GEMM saturates: 0.67 there, 0.13 with ``kernels.cpu_int8``.
 - W4A16 (4-bit, group 32), bfloat16, against the same weights dequantised in a bfloat16
   float model: eps 0.15 [0.05]: the kernel must compute exactly the checkpoint's 4-bit
   weights (a wrong nibble order or group scale gives a different model). Against the
