@@ -13,6 +13,7 @@ import torch
 from vllm import _custom_ops as ops
 from vllm.model_executor.kernels.linear.scaled_mm.cpu import CPUInt8ScaledMMLinearKernel
 from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import Int8ScaledMMLinearLayerConfig
+from vllm.utils.torch_utils import set_default_torch_dtype
 
 from kernels import cpu_int8
 
@@ -63,7 +64,7 @@ def _exact(layer_weight, scale, x, case):
     return (x_int * x_s.double().view(-1, 1)) @ (layer_weight.double() * scale.double()).t()
 
 
-@pytest.mark.parametrize("case", ["channel", "tensor", "asymmetric", "static"])
+@pytest.mark.parametrize("case", ["channel", "tensor", "asymmetric", "static", "bfloat16"])
 @pytest.mark.parametrize("split", [True, False])
 def test_a_vllm_int8_layer_computes_its_integers_exactly(case, split, monkeypatch):
     cpu_int8.install()
@@ -75,15 +76,19 @@ def test_a_vllm_int8_layer_computes_its_integers_exactly(case, split, monkeypatc
     scale = layer.weight_scale.data.reshape(-1, 1)
     if scale.shape[0] != weight.shape[0]:  # per-tensor scales of a fused layer, one per part
         scale = torch.cat([s.expand(w, 1) for s, w in zip(scale, WIDTHS, strict=True)])
-    bias = layer.bias.data.clone()
-    kernel.process_weights_after_loading(layer)
+    dtype = torch.bfloat16 if case == "bfloat16" else torch.float32  # the model's dtype
+    bias = layer.bias.data.to(dtype)
+    layer.bias.data = bias
+    with set_default_torch_dtype(dtype):  # vLLM loads a model under its dtype: the output's
+        kernel.process_weights_after_loading(layer)
     x = torch.randn(5, K, generator=gen) * 3 + (1.0 if case == "asymmetric" else 0.0)
     x[0] = x[0].abs() + 1  # a token that quantises to the top of the range
+    x = x.to(dtype)
     out = kernel.apply_weights(layer, x, layer.bias)
     want = _exact(weight, scale, x, case) + bias.double()
-    assert out.shape == (5, sum(WIDTHS)) and out.dtype == torch.float32
+    assert out.shape == (5, sum(WIDTHS)) and out.dtype == dtype
     error = (out.double() - want).abs().max().item() / want.abs().max().item()
     if split or not saturating:
-        assert error < 1e-4, (case, split, error)
+        assert error < (1e-2 if dtype == torch.bfloat16 else 1e-4), (case, split, error)
     else:  # vLLM's own path on a CPU that saturates: the defect the split removes
         assert error > 1e-2, (case, error)
