@@ -9,10 +9,12 @@ model's log-probabilities moved 0.67 from the unquantised model's (0.14 on VNNI 
 
 Weights of magnitude at most 64 cannot saturate (2 x 255 x 64 < 2**15). So where a start-up
 probe sees the saturation, every int8 weight ``w`` is split into ``hi = floor(w / 2)`` and
-``lo = w - hi`` (both in [-64, 64]), stacked into one GEMM of twice the output width with
-the same scales, and the two halves of its output are added: the integer products are
-exact again. It costs twice the int8 weight memory (as much as bfloat16) and twice the int8
-GEMM work. On CPUs whose int8 GEMM is exact nothing changes.
+``lo = w - hi`` (both in [-64, 64]); vLLM prepares and runs ``hi`` as it would the weight,
+a second oneDNN GEMM with the same scales runs ``lo``, and the two outputs are added: the
+integer products are exact again. It costs twice the int8 weight memory (as much as
+bfloat16) and about twice the int8 GEMM time (two GEMMs of the layer's width measured 1.5x
+one; a single GEMM of twice the width, 2.9x). On CPUs whose int8 GEMM is exact nothing
+changes.
 
 ``install`` wraps two methods of vLLM's CPU int8 kernel class; it is called by our vLLM plugin
 (``llava_model.register``) in every process, so it covers whichever model vLLM loads.
@@ -26,7 +28,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SPLIT_ATTR = "_llava_int8_split_n"  # on a kernel object: its layer's true output width
+LO_ATTR = "_llava_int8_lo"  # on a kernel object: the lo half's oneDNN handler and zero-point term
 
 
 def split_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,8 +68,11 @@ def saturates() -> bool:
 
 
 def _process_split(original, kernel, layer: torch.nn.Module) -> None:
-    """vLLM's oneDNN weight preparation, given the stacked split weight and per-channel scales."""
-    w_name, s_name = kernel.layer_param_names[:2]
+    """vLLM's oneDNN weight preparation on the ``hi`` half, with per-channel scales; then a second
+    oneDNN handler (and activation zero-point term) for the ``lo`` half, kept on the kernel."""
+    from vllm import _custom_ops as ops
+
+    w_name, s_name, i_s_name, _, azp_name = kernel.layer_param_names
     weight, scale = getattr(layer, w_name), getattr(layer, s_name)
     n = weight.shape[0]
     if kernel.config.is_channelwise:
@@ -78,24 +83,43 @@ def _process_split(original, kernel, layer: torch.nn.Module) -> None:
         channel = convert_to_channelwise(scale, layer.logical_widths)
     else:
         channel = scale.reshape(1, 1).expand(n, 1)
-    channel = channel.to(torch.float32)
     hi, lo = split_weight(weight.data)
-    layer.register_parameter(w_name, torch.nn.Parameter(torch.cat([hi, lo]), requires_grad=False))
-    layer.register_parameter(s_name, torch.nn.Parameter(torch.cat([channel, channel]), requires_grad=False))
+    layer.register_parameter(w_name, torch.nn.Parameter(hi, requires_grad=False))
+    layer.register_parameter(s_name, torch.nn.Parameter(channel.to(torch.float32), requires_grad=False))
     config = kernel.config
     kernel.config = dataclasses.replace(config, is_channelwise=True)  # the scales are per channel now
     try:
         original(kernel, layer)
     finally:
         kernel.config = config
-    setattr(kernel, SPLIT_ATTR, n)
+    scale = getattr(layer, s_name)
+    handler = ops.create_onednn_scaled_mm(
+        lo.t(), scale, torch.get_default_dtype(), getattr(layer, i_s_name) is None, not config.input_symmetric, 32
+    )
+    adj = None  # vLLM's term for asymmetric or dynamic activations, as it computes it for ``hi``
+    if getattr(layer, azp_name, None) is not None:
+        adj = lo.t().sum(dim=0, keepdim=True, dtype=torch.float32) * scale.squeeze()
+    setattr(kernel, LO_ATTR, (handler, adj))
+
+
+def _apply_lo(kernel, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The ``lo`` half's product, with the activations quantised exactly as vLLM's apply does."""
+    from vllm import _custom_ops as ops
+
+    handler, adj = getattr(kernel, LO_ATTR)
+    _, _, i_s, i_zp, _ = kernel._get_layer_params(layer)
+    flat = x.reshape(-1, x.shape[-1])
+    x_q, x_s, x_zp = ops.onednn_scaled_int8_quant(flat, i_s, i_zp, kernel.config.input_symmetric)
+    out = torch.empty((flat.shape[0], handler.n), dtype=x.dtype)
+    ops.onednn_scaled_mm(handler, x_q, out, x_s, x_zp, adj, None)
+    return out
 
 
 @functools.cache
 def _warn_once() -> None:
     log.warning(
         "this CPU's oneDNN int8 GEMM saturates (no VNNI): W8A8 int8 layers run as two exact "
-        "half-weight GEMMs (twice the int8 weight memory and work)"
+        "half-weight GEMMs (twice the int8 weight memory and GEMM time)"
     )
 
 
@@ -117,12 +141,10 @@ def install() -> bool:
         return _process_split(process, self, layer)
 
     def _apply_weights_onednn(self, layer, x, bias=None):
-        n = getattr(self, SPLIT_ATTR, None)
-        if n is None:
-            return apply(self, layer, x, bias)
-        both = apply(self, layer, x, None)
-        out = both[..., :n] + both[..., n:]
-        return out if bias is None else out + bias
+        out = apply(self, layer, x, bias)  # the hi half (all of the weight where nothing was split)
+        if getattr(self, LO_ATTR, None) is not None:
+            out = out + _apply_lo(self, layer, x).reshape(out.shape)
+        return out
 
     cls.process_weights_for_onednn = process_weights_for_onednn
     cls._apply_weights_onednn = _apply_weights_onednn
