@@ -42,11 +42,11 @@ def _onednn_int8_mm(weight: torch.Tensor, x: torch.Tensor, symmetric: bool) -> t
     dynamic per-token activation quantisation, as vLLM runs a W8A8 layer."""
     from vllm import _custom_ops as ops
 
-    scales = torch.ones(weight.shape[0], 1)
+    scales = torch.ones(weight.shape[0], 1, dtype=torch.float32)
     handler = ops.create_onednn_scaled_mm(weight.t(), scales, torch.float32, True, not symmetric, 1)
     x_q, x_s, x_zp = ops.onednn_scaled_int8_quant(x, None, None, symmetric)
     adj = None if symmetric else weight.t().sum(dim=0, keepdim=True, dtype=torch.float32)
-    out = torch.empty(x.shape[0], weight.shape[0])
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
     ops.onednn_scaled_mm(handler, x_q, out, x_s, x_zp, adj, None)
     return out
 
@@ -55,9 +55,10 @@ def _onednn_int8_mm(weight: torch.Tensor, x: torch.Tensor, symmetric: bool) -> t
 def saturates() -> bool:
     """Whether this CPU's oneDNN int8 GEMM (as vLLM calls it) gets a worst-case product wrong:
     weights at +127 and activations quantised to the top of their range, where every pair of
-    products overflows 16 bits if the kernel adds them there. Measured once per process."""
+    products overflows 16 bits if the kernel adds them there. Measured once per process, in
+    float32 whatever the default dtype (vLLM prepares a bfloat16 model's weights under it)."""
     weight = torch.full((8, 64), 127, dtype=torch.int8)
-    x = torch.full((2, 64), 3.0)
+    x = torch.full((2, 64), 3.0, dtype=torch.float32)
     x[1, ::2] = -1.0  # an asymmetric row: quantised to the bottom and top of u8
     for symmetric in (True, False):
         exact = x @ weight.float().t()

@@ -37,6 +37,18 @@ def test_the_wrapper_is_installed_by_our_vllm_plugin():
     assert cpu_int8.install()  # idempotent
 
 
+def test_the_probe_answers_the_same_under_a_bfloat16_default_dtype():
+    """vLLM prepares a bfloat16 model's weights with bfloat16 as torch's default dtype, and the
+    probe first runs there."""
+    first = cpu_int8.saturates()
+    cpu_int8.saturates.cache_clear()
+    try:
+        with set_default_torch_dtype(torch.bfloat16):
+            assert cpu_int8.saturates() == first
+    finally:
+        cpu_int8.saturates.cache_clear()
+
+
 def _layer(case: str, gen: torch.Generator) -> tuple[torch.nn.Module, CPUInt8ScaledMMLinearKernel]:
     static, channelwise, symmetric = case == "static", case != "tensor", case != "asymmetric"
     n = sum(WIDTHS)
