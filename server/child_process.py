@@ -18,9 +18,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# The port is free when picked, but the server binds it only once its engine has loaded,
-# and sockets opened meanwhile (the engine's own among them) can take it: such a start is
-# tried again on another port.
+# The port is free when picked; the server binds it as it starts, before its engine loads,
+# but another socket can take it in the seconds between: such a start is tried again on
+# another port.
 PORT_TAKEN = "address already in use"
 PORT_ATTEMPTS = 3
 
@@ -70,7 +70,7 @@ def _ready(proc: subprocess.Popen, base: str, ready_timeout: float, log_path: Pa
             return True
     except TimeoutError:
         raise RuntimeError(f"server not ready within {ready_timeout} s (log: {log_path})") from None
-    if PORT_TAKEN in log_path.read_text(errors="replace"):
+    if PORT_TAKEN in log_path.read_text(errors="replace").lower():
         return False
     raise RuntimeError(f"server exited with {proc.returncode} while starting (log: {log_path})")
 

@@ -7,8 +7,10 @@ the engine down and exits 0.
 """
 
 import argparse
+import errno
 import ipaddress
 import logging
+import socket
 import sys
 
 from pydantic import ValidationError
@@ -123,12 +125,54 @@ class ExposureError(ValueError):
     pass
 
 
+def bind_listeners(host: str, port: int) -> list[socket.socket]:
+    """Bind every address ``host`` resolves to, before the engine loads (loading takes from
+    seconds to minutes): a port already in use is refused at once, and nothing can take the
+    port while the model loads. The sockets listen only once the app is ready (uvicorn calls
+    ``listen``), so until then connections are refused."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sockets.append(_bind(family, kind, proto, address))
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        reason = (exc.strerror or str(exc)).lower()
+        hint = "; another process holds it: stop it or pick another --port" if exc.errno == errno.EADDRINUSE else ""
+        raise StartupError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
+    return sockets
+
+
+def _bind(family: int, kind: int, proto: int, address: tuple) -> socket.socket:
+    """Bound without SO_REUSEADDR where possible: Linux lets two SO_REUSEADDR sockets share a
+    port while neither listens yet, so two servers loading at once would both get it. Only
+    where that bind fails is it tried with SO_REUSEADDR, which succeeds if all the port holds is
+    connections of a server stopped moments ago (TIME_WAIT), and still fails on a live holder."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from(argv)
         check_exposure(settings)
         # Model directory and config.json, parallel layout: refused here, before any engine.
         check_startup(settings)
+        listeners = bind_listeners(settings.host, settings.port)
     except ValidationError as exc:
         first = exc.errors()[0]
         sys.exit(f"llava-serve: error: {'.'.join(map(str, first['loc']))}: {first['msg']}")
@@ -155,7 +199,15 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
-    _graceful_server_class()(config).run()
+    logging.getLogger("server").info("listening on %s once the engine is ready",
+                                     ", ".join(_address(sock) for sock in listeners))
+    _graceful_server_class()(config).run(sockets=listeners)
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
 
 
 if __name__ == "__main__":

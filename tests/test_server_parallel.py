@@ -206,11 +206,69 @@ def test_a_start_whose_port_was_taken_is_retried_on_another(model_dir, tmp_path,
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    ports = iter([taken.getsockname()[1], child.free_port()])
-    monkeypatch.setattr(child, "free_port", lambda: next(ports))
+    # The first start gets the taken port; later ones a port picked free when they start (a port
+    # picked at the top of this test could be taken again by the time a second start used it).
+    first = iter([taken.getsockname()[1]])
+    free = child.free_port
+    monkeypatch.setattr(child, "free_port", lambda: next(first, None) or free())
     try:
         with child.running_server(model_dir, "--dtype", "float32", log_path=tmp_path / "log") as (base, _):
             assert httpx.get(base + "/health", timeout=10).status_code == 200
             assert str(taken.getsockname()[1]) not in base
     finally:
         taken.close()
+
+
+def test_a_port_in_use_is_refused_before_the_engine_loads(model_dir):
+    """The listening address is bound before the engine loads: a port another process holds
+    is refused at once with its reason, not after minutes of loading the model."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        done, _ = _serve(str(model_dir), "--port", str(port), "--enforce-eager", "--kv-cache-gb", "1")
+    finally:
+        taken.close()
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "engine ready" not in done.stderr and "application startup" not in done.stderr.lower()
+
+
+def test_the_port_is_held_while_the_engine_loads(model_dir, tmp_path):
+    """Nothing can bind the server's port between its start and the engine being ready."""
+    import socket
+
+    from server.child_process import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_ENABLE_V1_MULTIPROCESSING")}
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server", "--model", str(model_dir), "--port", str(port),
+                                 "--dtype", "float32", "--enforce-eager", "--kv-cache-gb", "1"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 120
+        while "listening on" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert "listening on http://127.0.0.1:" in log.read_text(), log.read_text()[-2000:]
+        assert "engine ready" not in log.read_text()  # the model takes seconds to load
+        with socket.socket() as rival, pytest.raises(OSError, match="in use"):
+            rival.bind(("127.0.0.1", port))
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, log.read_text()[-2000:]

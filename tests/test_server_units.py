@@ -172,6 +172,51 @@ def test_refusing_on_a_network_address_without_a_key():
             check_exposure(ServerSettings(host=host))
 
 
+
+def test_listening_addresses_are_bound_before_the_engine_with_readable_errors():
+    """``bind_listeners`` runs before the engine loads; its failures are start-up errors that
+    name the address and the reason (the CLI prints them without a traceback)."""
+    import socket
+
+    from server.cli import bind_listeners
+    from server.engine import StartupError
+
+    for host, family in (("127.0.0.2", socket.AF_INET), ("::1", socket.AF_INET6)):
+        sockets = bind_listeners(host, 0)
+        try:
+            assert [s.family for s in sockets] == [family]
+            port = sockets[0].getsockname()[1]
+            with pytest.raises(StartupError, match=f"cannot listen on {host}:{port}: address already in use"):
+                bind_listeners(host, port)
+        finally:
+            for s in sockets:
+                s.close()
+    with pytest.raises(StartupError, match="cannot listen on no-such-host.invalid:8000: "):
+        bind_listeners("no-such-host.invalid", 8000)
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_server_can_be_bound_again():
+    """A server that closed its connections first leaves them in TIME_WAIT on its port for a
+    minute; a restart on that port must still start."""
+    import socket
+
+    from server.cli import bind_listeners
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            served, _ = listener.accept()
+            served.close()  # the server's side closes first: its end stays in TIME_WAIT
+            assert client.recv(1) == b""
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what a bind without SO_REUSEADDR meets
+    for sock in bind_listeners("127.0.0.1", port):
+        sock.close()
+
+
 def _metaspace_tokenizer():
     """A sentencepiece-style (``▁``) tokenizer, as Llama's, trained in code."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
