@@ -15,6 +15,7 @@ def register() -> None:
     from vllm.platforms import current_platform
 
     from kernels.llvmlite_guard import guard
+    from llava_model.parent_watch import watch_if_started_by_server
 
     ModelRegistry.register_model(ARCHITECTURE, "llava_model.model:LlavaForConditionalGeneration")
     ModelRegistry.register_model(NEXT_ARCHITECTURE, "llava_model.next_model:LlavaNextForConditionalGeneration")
@@ -22,4 +23,5 @@ def register() -> None:
         from kernels.cpu_int8 import install
 
         install()  # exact W8A8 int8 layers where this CPU's int8 GEMM saturates
+    watch_if_started_by_server()  # a spawned engine core ends with the server that started it
     guard()  # vLLM scans every module right after the plugins load: see kernels.llvmlite_guard

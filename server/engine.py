@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llava_model.parent_watch import arm_engine_processes
 from llava_model.vision import TOWERS
 from server.config import ServerSettings
 from server.quantization import (
@@ -456,6 +457,7 @@ class EngineContext:
             structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
             **lora,
         )
+        arm_engine_processes()  # the engine's processes end with this one, even on SIGKILL
         if is_cpu_engine() and model_in_engine_process(s):
             log.info("CPU engine: the model runs in the engine's process (one rank, %d cores; "
                      "set %s to bind threads in a worker process instead)", os.cpu_count() or 1, BIND_ENV)
