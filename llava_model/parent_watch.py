@@ -7,9 +7,11 @@ finds that memory taken. A process armed here checks its parent once a second; o
 is gone it sends itself SIGTERM, which vLLM's engine core takes as a clean shutdown of itself and
 its workers, and SIGKILL if it is still alive ``grace_s`` later.
 
-The server arms its engine's processes before it starts the engine (``arm_engine_processes``):
+The server arms the processes it starts before it starts the engine (``arm_engine_processes``):
 forked ones through an at-fork hook, spawned ones when our vLLM plugin loads in them
-(``llava_model.register`` calls ``watch_if_started_by_server``).
+(``llava_model.register``). Either way only the server's own children watch it; their children
+(vLLM's workers) are left to vLLM, which ends them with their engine core, and a process that
+a library forks away from its parent on purpose is left alone.
 """
 
 import logging
@@ -48,17 +50,17 @@ def watch_parent(poll_s: float = POLL_S, grace_s: float = GRACE_S) -> None:
 
 
 def arm_engine_processes() -> None:
-    """Called by the server process before it starts its engine: every process forked from now
-    on (vLLM's engine core, and the workers it forks in turn) watches its parent, and a spawned
-    engine core finds the server's pid in its environment."""
+    """Called by the server process before it starts its engine: the processes it starts from
+    now on (vLLM's engine core) watch it. A spawned one finds the server's pid in its
+    environment; a forked one runs the same check from an at-fork hook."""
     global _hooked
     os.environ[SERVER_PID_ENV] = str(os.getpid())
     if not _hooked:
-        os.register_at_fork(after_in_child=watch_parent)
+        os.register_at_fork(after_in_child=watch_if_started_by_server)
         _hooked = True
 
 
 def watch_if_started_by_server() -> None:
-    """For spawned processes (no at-fork hook runs there): watch the parent if it is the server."""
+    """Watch the parent if it is the server (its pid in ``LLAVA_SERVER_PID``)."""
     if os.environ.get(SERVER_PID_ENV) == str(os.getppid()):
         watch_parent()

@@ -209,6 +209,5 @@ def _address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-
 if __name__ == "__main__":
     main()

@@ -9,7 +9,30 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from server.child_process import free_port, running_server
 from tests.images import noise, photo_like
 
-__all__ = ["free_port", "image_server", "png", "running_server"]
+__all__ = ["free_port", "image_server", "png", "running_server", "still_running", "wait_ended"]
+
+
+def still_running(procs: list) -> list:
+    """The ``psutil.Process``es that still run; an exited one that no parent has reaped yet (a
+    zombie: psutil's ``is_running`` and ``wait_procs`` count it as alive) counts as ended."""
+    import psutil
+
+    running = []
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def wait_ended(procs: list, timeout: float) -> list:
+    """Wait up to ``timeout`` seconds for ``procs`` to end; return those still running."""
+    deadline = time.monotonic() + timeout
+    while still_running(procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return still_running(procs)
 
 
 def png(image) -> bytes:

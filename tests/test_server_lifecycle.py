@@ -15,7 +15,7 @@ import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
 from tests.hostile import hostile_server
-from tests.server_proc import running_server
+from tests.server_proc import running_server, still_running, wait_ended
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +50,11 @@ def test_a_server_killed_with_sigkill_takes_its_engine_process_with_it(model_dir
         try:
             proc.kill()
             proc.wait(30)
-            _, alive = psutil.wait_procs(engine, timeout=60)
+            alive = wait_ended(engine, timeout=60)
             assert not alive, f"still running 60 s after the server was killed: {alive}"
         finally:
-            for p in engine:
-                if p.is_running():
-                    p.kill()
+            for p in still_running(engine):
+                p.kill()
     assert "its parent" in (tmp_path / "log").read_text() and "gone; shutting down" in (tmp_path / "log").read_text()
 
 
