@@ -11,10 +11,10 @@ Weights of magnitude at most 64 cannot saturate (2 x 255 x 64 < 2**15). So where
 probe sees the saturation, every int8 weight ``w`` is split into ``hi = floor(w / 2)`` and
 ``lo = w - hi`` (both in [-64, 64]); vLLM prepares ``hi`` as it would the weight, a second
 oneDNN handler with the same scales holds ``lo``, and each call quantises the activations
-once, as vLLM does, runs both GEMMs and adds them: the integer products are exact again. It costs twice the int8 weight memory (as much as
-bfloat16) and about twice the int8 GEMM time (two GEMMs of the layer's width measured 1.5x
-one; a single GEMM of twice the width, 2.9x). On CPUs whose int8 GEMM is exact nothing
-changes.
+once, as vLLM does, runs both GEMMs and adds them: the integer products are exact again.
+It costs twice the int8 weight memory (as much as bfloat16) and about twice the int8 GEMM
+time (two GEMMs of the layer's width measured 1.5x one; a single GEMM of twice the width,
+2.9x). On CPUs whose int8 GEMM is exact nothing changes.
 
 ``install`` wraps two methods of vLLM's CPU int8 kernel class; it is called by our vLLM plugin
 (``llava_model.register``) in every process, so it covers whichever model vLLM loads.

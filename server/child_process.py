@@ -25,9 +25,14 @@ PORT_TAKEN = "address already in use"
 PORT_ATTEMPTS = 3
 
 
+def server_env() -> dict[str, str]:
+    """This process's environment for a server child, without a parent's in-process engine switch."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("VLLM_ENABLE_V1_MULTIPROCESSING")}
+
+
 def _start(model_dir, extra, log, kv_cache_gb: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_ENABLE_V1_MULTIPROCESSING")}
+    env = server_env()
     env.update(PYTHONUNBUFFERED="1", VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gb))
     cmd = [
         sys.executable, "-m", "server", "--model", str(model_dir), "--port", str(port),

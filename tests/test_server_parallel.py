@@ -8,7 +8,6 @@ with a message, never a stack trace.
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
+from server.child_process import free_port, server_env, stop, wait_healthy
 from server.config import ServerSettings
 from server.engine import (
     BIND_ENV,
@@ -137,10 +137,9 @@ def test_tensor_parallel_2_matches_tp_1(model_dir, tmp_path, monkeypatch):
 # ---- refused at start-up ---------------------------------------------------------------------
 
 def _serve(model: str, *flags: str) -> tuple[subprocess.CompletedProcess, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_ENABLE_V1_MULTIPROCESSING")}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "server", "--model", model, *flags], capture_output=True,
-                          text=True, timeout=120, env=env, check=False)
+                          text=True, timeout=120, env=server_env(), check=False)
     return done, time.perf_counter() - started
 
 
@@ -242,15 +241,12 @@ def test_the_port_is_held_while_the_engine_loads(model_dir, tmp_path):
     """Nothing can bind the server's port between its start and the engine being ready."""
     import socket
 
-    from server.child_process import free_port
-
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_ENABLE_V1_MULTIPROCESSING")}
     log = tmp_path / "log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server", "--model", str(model_dir), "--port", str(port),
                                  "--dtype", "float32", "--enforce-eager", "--kv-cache-gb", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+                                stdout=out, stderr=subprocess.STDOUT, env=server_env())
     try:
         deadline = time.time() + 120
         while "listening on" not in log.read_text() and proc.poll() is None and time.time() < deadline:
@@ -259,16 +255,7 @@ def test_the_port_is_held_while_the_engine_loads(model_dir, tmp_path):
         assert "engine ready" not in log.read_text()  # the model takes seconds to load
         with socket.socket() as rival, pytest.raises(OSError, match="in use"):
             rival.bind(("127.0.0.1", port))
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        assert wait_healthy(proc, f"http://127.0.0.1:{port}", timeout=240), log.read_text()[-2000:]
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc)
     assert proc.returncode == 0, log.read_text()[-2000:]
