@@ -127,6 +127,25 @@ def test_parser_tricks_are_refused(url):
     assert isinstance(result, APIError) and result.status == 400, result
 
 
+@pytest.mark.parametrize(
+    "location", ["data:image/png;base64,AAAA", "mailto:x@y", "javascript:alert(1)", "about:blank", "http:x.png",
+                 "file:x", "http://[zz/x"],
+)
+def test_a_redirect_to_a_url_httpx_cannot_build_is_a_400(location):
+    # httpx prepares the next request of a redirect while receiving it, and raises InvalidURL
+    # (not an HTTPError) for these; the fetcher let that escape as a 500
+    with hostile_server(routes={"/hop": redirect(location)}) as (base, _):
+        result = load(loader(), base + "/hop")
+    assert_refused(result, "image 1:")
+
+
+@pytest.mark.parametrize("url", ["http://[zz/x", "https://[::1/a.png", "file:///tmp/a.png%00.txt"])
+def test_urls_python_cannot_parse_are_a_400(url, tmp_path):
+    # urlsplit raises on an unclosed IPv6 bracket, Path on an embedded NUL; both were 500s
+    result = load(loader(allowed_local_image_dir=tmp_path), url)
+    assert_refused(result, "image 1:")
+
+
 def test_slow_drip_hits_one_deadline():
     """Each byte arrives well within the per-read timeout; the whole fetch may not take
     longer than --image-timeout-s."""

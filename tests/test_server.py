@@ -220,11 +220,44 @@ def test_unknown_model_is_404(stack):
         ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 1000}, "n"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 500, "logprobs": True},
          "top_logprobs"),
+        # beyond what the engine can carry: it had failed there, a 500
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "seed": 2**64}, "seed"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "seed": -(2**63) - 1}, "seed"),
+        # wrong types are refused, not coerced
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": "4"}, "max_tokens"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": True}, "n"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+        # a grammar this large stalled every request while the engine compiled it
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"enum": [f"w{i}" for i in range(2_000)]}}}},
+         "enum values"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"enum": ["w" * 70_000]}}}},
+         "bytes of JSON"),
     ],
 )
 def test_bad_requests_are_400_with_a_readable_message(stack, body, fragment):
     error = assert_error(post(stack, body), 400, fragment)
     assert "pydantic" not in error["message"] and "loc" not in error["message"]
+
+
+@pytest.mark.parametrize("schema", [{"type": "string", "pattern": "(("}, {"type": "nonsense"}])
+def test_a_schema_the_grammar_compiler_refuses_is_a_400_without_its_source_paths(stack, schema):
+    body = {"model": MODEL, "messages": [user("hi")], "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    error = assert_error(post(stack, body), 400, "")
+    assert error["param"] == "response_format", error
+    assert ".cc:" not in error["message"] and "/project" not in error["message"], error["message"]
+
+
+def test_seed_at_the_engines_bounds_and_explicit_nulls_are_served(stack):
+    for seed in (2**64 - 1, -(2**63)):
+        body = {"model": MODEL, "messages": [user("hi")], "max_tokens": 2, "temperature": 1.0, "seed": seed}
+        assert post(stack, body).status_code == 200
+    body = {"model": MODEL, "messages": [user("hi")], "max_tokens": 2, "stream": None, "n": None, "logprobs": None}
+    response = post(stack, body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 1
 
 
 def test_unknown_fields_are_ignored(stack):
@@ -246,6 +279,7 @@ def test_body_too_large_is_413(stack):
         ("http://169.254.169.254/latest/meta-data", "refused"),
         ("http://10.1.2.3/a.png", "refused"),
         ("file:///etc/passwd", "outside the allowed"),
+        ("http://[zz/x", "not valid"),  # urlsplit raised: a 500 with the connection dropped
         ("{images}/big.png", "larger than the limit"),
         ("{images}/big-stream.png", "larger than the limit"),
         ("{images}/many-pixels.png", "more than the limit"),

@@ -1,9 +1,12 @@
 """OpenAI chat-completions wire format, as pydantic models.
 
 Unknown fields are ignored, as OpenAI's API does; fields of the wrong type fail
-validation (a 400). Only what this server acts on is modelled.
+validation (a 400): types are strict, so ``"max_tokens": "4"``, ``"n": true`` or
+``"stream": "yes"`` are refused rather than guessed at (an integer is still a number). An
+explicit ``null`` means the field's default. Only what this server acts on is modelled.
 """
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -12,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ImageURL(_Lenient):
@@ -52,10 +55,43 @@ class StreamOptions(_Lenient):
     include_usage: bool = False
 
 
+# The engine compiles a schema into a grammar in its own process, and every request waits
+# while it does: a 20,000-value enum took 13 s and stalled all other requests for 8 s. The
+# limits below are OpenAI's enum limit and a size no hand-written schema comes near.
+MAX_SCHEMA_ENUM_VALUES = 1000
+MAX_SCHEMA_BYTES = 64 * 1024
+
+
+def _enum_values(node: Any, budget: int = 100_000) -> int:
+    """How many enum values the schema lists, everywhere in it (iteratively, bounded)."""
+    total, stack, seen = 0, [node], 0
+    while stack and seen < budget:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, dict):
+            if isinstance(item.get("enum"), list):
+                total += len(item["enum"])
+            stack.extend(v for k, v in item.items() if k not in ("enum", "const"))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
+
+
 class JSONSchemaFormat(_Lenient):
     name: str = "response"
     schema_: dict[str, Any] = Field(alias="schema")
     strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _compilable_in_time(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(schema, ensure_ascii=False).encode())
+        if size > MAX_SCHEMA_BYTES:
+            raise ValueError(f"the schema is {size} bytes of JSON; at most {MAX_SCHEMA_BYTES} are accepted")
+        values = _enum_values(schema)
+        if values > MAX_SCHEMA_ENUM_VALUES:
+            raise ValueError(f"the schema lists {values} enum values; at most {MAX_SCHEMA_ENUM_VALUES} are accepted")
+        return schema
 
 
 class ResponseFormat(_Lenient):
@@ -69,6 +105,10 @@ class ResponseFormat(_Lenient):
         return self
 
 
+# fields with a non-null default: OpenAI's API takes an explicit null for them
+_DEFAULTED = ("n", "logprobs", "stream", "min_tokens", "ignore_eos")
+
+
 class ChatCompletionRequest(_Lenient):
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -79,7 +119,7 @@ class ChatCompletionRequest(_Lenient):
     top_k: int | None = Field(default=None, ge=-1)
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)  # what the engine can carry
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logprobs: bool = False
@@ -91,6 +131,15 @@ class ChatCompletionRequest(_Lenient):
     # vLLM-compatible extensions, for fixed-length benchmarks and tests.
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        if isinstance(data, dict):
+            nulls = [k for k in _DEFAULTED if k in data and data[k] is None]
+            if nulls:
+                data = {k: v for k, v in data.items() if k not in nulls}
+        return data
 
     @field_validator("stop")
     @classmethod

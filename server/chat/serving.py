@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -398,12 +399,20 @@ async def _watched(coro, raw: Request, deadline: float, settings):
 def _client_error(exc: BaseException) -> APIError:
     """A request the engine refused, as a 400 naming the parameter: the one vLLM names, else
     the request field its message starts with (``stop cannot contain an empty string.``)."""
-    message = str(exc.args[0]) if exc.args else type(exc).__name__
+    message = _SOURCE_LOCATION.sub("", str(exc.args[0]) if exc.args else type(exc).__name__)
     param = getattr(exc, "parameter", None)
     if param is None:
         first = message.split(" ", 1)[0].strip("`'\":,.")
         param = first if first in ChatCompletionRequest.model_fields else None
+    if param is None and _GRAMMAR.search(message):
+        param = "response_format"
     return bad_request(message, param=param)
+
+
+# the grammar compiler's messages carry a time and its C++ source location
+# ("[22:58:05] /project/cpp/regex_converter.cc:83: Regex parsing error"); the client gets the reason
+_SOURCE_LOCATION = re.compile(r"(\[\d{2}:\d{2}:\d{2}\] )?(/[\w.+-]+)+\.(cc|cpp|cxx|h|hpp|py):\d+: ?")
+_GRAMMAR = re.compile(r"schema|grammar|regex|structured output", re.IGNORECASE)
 
 
 class ReplyText:

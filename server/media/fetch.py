@@ -133,6 +133,10 @@ class Fetcher:
                 raise FetchError("fetching it timed out") from None
             except httpx.HTTPError as exc:
                 raise FetchError(f"fetching it failed: {type(exc).__name__}") from None
+            except httpx.InvalidURL:
+                # not an HTTPError: raised while httpx prepares the next request of a redirect
+                # whose location it cannot build (data:, mailto:, "http:x.png", ...)
+                raise FetchError("redirect to a URL that is not valid") from None
         raise FetchError(f"more than {max_redirects} redirects")
 
     async def _destination(self, url: str) -> tuple[httpx.URL, str, str]:

@@ -98,7 +98,10 @@ class ImageLoader:
         return prepared
 
     async def _bytes(self, url: str, media: RequestMedia) -> bytes:
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            raise FetchError("the URL is not valid") from None
         s = self.settings
         if scheme == "data":
             return self._data_url(url, media)
@@ -128,7 +131,10 @@ class ImageLoader:
         root = self.settings.allowed_local_image_dir
         if root is None:
             raise FetchError("file:// URLs are disabled (see --allowed-local-image-dir)")
-        path = Path(unquote(urlsplit(url).path)).resolve()
+        try:
+            path = Path(unquote(urlsplit(url).path)).resolve()
+        except (ValueError, OSError):  # e.g. an embedded NUL byte
+            raise FetchError("not a valid file path") from None
         if not path.is_relative_to(root.resolve()):
             raise FetchError("file is outside the allowed local image directory")
         if not path.is_file():
