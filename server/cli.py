@@ -29,6 +29,18 @@ def _graceful_server_class():
         """uvicorn re-raises the signal that stopped it, so the process dies *by* SIGTERM;
         after a clean drain and engine shutdown we exit 0 instead."""
 
+        async def startup(self, sockets=None):
+            # uvicorn listens on ``sockets`` right after the app's startup (the engine's load):
+            # they are made reusable in between, never while the model loads
+            app_startup = self.lifespan.startup
+
+            async def then_reusable():
+                await app_startup()
+                reusable_once_listening(sockets or [])
+
+            self.lifespan.startup = then_reusable
+            await super().startup(sockets=sockets)
+
         @contextlib.contextmanager
         def capture_signals(self):
             previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -144,11 +156,23 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
+def reusable_once_listening(sockets: list[socket.socket]) -> None:
+    """SO_REUSEADDR on the listeners, set just before they listen. The connections they accept
+    inherit it, and Linux lets a new SO_REUSEADDR bind pass the TIME_WAIT connections a stopped
+    server leaves on its port (for a minute) only if those had it too: without this, a restart
+    right after a stop was refused as "address already in use". Not set while the model loads,
+    when it would let a second server bind the same port (see ``_bind``); once listening, no
+    other socket can bind it, SO_REUSEADDR or not."""
+    for sock in sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+
 def _bind(family: int, kind: int, proto: int, address: tuple) -> socket.socket:
     """Bound without SO_REUSEADDR where possible: Linux lets two SO_REUSEADDR sockets share a
     port while neither listens yet, so two servers loading at once would both get it. Only
     where that bind fails is it tried with SO_REUSEADDR, which succeeds if all the port holds is
-    connections of a server stopped moments ago (TIME_WAIT), and still fails on a live holder."""
+    connections of a server stopped moments ago (TIME_WAIT; ``reusable_once_listening``), and
+    still fails on a live holder."""
     sock = socket.socket(family, kind, proto)
     try:
         if family == socket.AF_INET6:

@@ -15,6 +15,7 @@ import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
 from tests.hostile import hostile_server
+from server.child_process import server_env, stop, wait_healthy
 from tests.server_proc import running_server, still_running, wait_ended
 
 
@@ -58,22 +59,40 @@ def test_a_server_killed_with_sigkill_takes_its_engine_process_with_it(model_dir
     assert "its parent" in (tmp_path / "log").read_text() and "gone; shutting down" in (tmp_path / "log").read_text()
 
 
-def test_sigterm_drains_in_flight_requests(model_dir, tmp_path):
+def test_sigterm_drains_in_flight_requests_and_a_restart_gets_the_port_at_once(model_dir, tmp_path):
     with running_server(model_dir, "--shutdown-grace-s", "60", log_path=tmp_path / "log") as (base, proc):
         first, result = threading.Event(), {}
         worker = threading.Thread(target=_stream_all, args=(base, 400, first, result))
         worker.start()
         assert first.wait(60)
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        with pytest.raises(httpx.HTTPError):  # no new connections once draining
-            httpx.get(base + "/health", timeout=2)
-        worker.join(120)
-        assert proc.wait(90) == 0
+        with httpx.Client() as idle:  # a kept-alive connection, which the server closes as it stops
+            assert idle.get(base + "/health").status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(httpx.HTTPError):  # no new connections once draining
+                httpx.get(base + "/health", timeout=2)
+            worker.join(120)
+            assert proc.wait(90) == 0
     assert result["status"] == 200
     assert result["lines"][-1] == "data: [DONE]"
     usage = json.loads(result["lines"][-2].removeprefix("data: "))["usage"]
     assert usage["completion_tokens"] == 400  # the request in flight finished whole
+
+    # The stopped server's side of those connections waits out TIME_WAIT on its port for a
+    # minute; a restart on the port at once was refused ("address already in use").
+    port = int(base.rsplit(":", 1)[1])
+    lingering = [c for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+                 and c.status in (psutil.CONN_TIME_WAIT, psutil.CONN_FIN_WAIT2)]
+    assert lingering, "no connection of the stopped server lingers on its port: nothing to test"
+    with open(tmp_path / "restart.log", "w") as log:
+        restart = subprocess.Popen(
+            [sys.executable, "-m", "server", "--model", str(model_dir), "--port", str(port), "--enforce-eager",
+             "--kv-cache-gb", "1", "--max-model-len", "1024"],
+            stdout=log, stderr=subprocess.STDOUT, env={**server_env(), "VLLM_CPU_KVCACHE_SPACE": "1"})
+        try:
+            assert wait_healthy(restart, base, 240), (tmp_path / "restart.log").read_text()[-2000:]
+        finally:
+            stop(restart)
 
 
 def test_request_timeout_then_dead_engine_makes_health_503(model_dir, tmp_path):

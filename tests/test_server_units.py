@@ -200,11 +200,13 @@ def test_a_port_left_in_time_wait_by_a_stopped_server_can_be_bound_again():
     minute; a restart on that port must still start."""
     import socket
 
-    from server.cli import bind_listeners
+    from server.cli import bind_listeners, reusable_once_listening
 
-    with socket.socket() as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
+    # the first server's listener exactly as the server makes it (a listener bound with
+    # SO_REUSEADDR from the start had hidden that its TIME_WAIT connections blocked a restart)
+    [listener] = bind_listeners("127.0.0.1", 0)
+    with listener:
+        reusable_once_listening([listener])
         listener.listen()
         port = listener.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
