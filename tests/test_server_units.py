@@ -271,3 +271,56 @@ def test_reply_cut_inside_a_character_ends_as_a_fresh_decode():
         assert "".join(parts) == want
     assert ReplyText(tok).fix(0, "a\u00e9\u20ac", ids, finished=True) == "a\u00e9\u20ac"
     assert ReplyText(tok).fix(0, "", [], finished=True) == ""
+
+
+def test_an_unexpected_error_is_a_500_that_keeps_the_connection():
+    """An error no handler expects is answered with an OpenAI-shaped 500 and the connection
+    stays usable. Starlette re-raises after its own 500, and uvicorn then dropped the
+    connection without ``Connection: close``: an SDK re-using it had its next request fail."""
+    import json
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from server.app import build_app
+    from server.cli import bind_listeners
+
+    app = build_app(ServerSettings())
+
+    @app.get("/raise")
+    async def _raise():
+        raise RuntimeError("a defect")
+
+    [listener] = bind_listeners("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            for attempt in range(2):  # the second on the same connection
+                conn.sendall(b"GET /raise HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(65536)
+                    assert chunk, f"connection closed before response {attempt + 1}"
+                    head += chunk
+                status_line, _, rest = head.partition(b"\r\n")
+                assert b" 500 " in status_line, status_line
+                headers, _, body = rest.partition(b"\r\n\r\n")
+                length = int(next(h.split(b":")[1] for h in headers.split(b"\r\n")
+                                  if h.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                error = json.loads(body)["error"]
+                assert error["type"] == "server_error" and "a defect" not in error["message"]
+                time.sleep(0.3)  # time for the server to have dropped the connection, as it did
+    finally:
+        server.should_exit = True
+        thread.join(20)

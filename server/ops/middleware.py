@@ -40,6 +40,7 @@ def configure_logging(level: str) -> None:
 
 
 access_log = logging.getLogger("server.access")
+log = logging.getLogger("server.errors")
 
 
 async def send_error(send, error: APIError, extra_headers: list | None = None) -> None:
@@ -68,8 +69,11 @@ class RequestContext:
         started = time.perf_counter()
         status = {"code": 500}
 
+        started_response = {"sent": False}
+
         async def tagged_send(message):
             if message["type"] == "http.response.start":
+                started_response["sent"] = True
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode("latin-1"))]
@@ -77,6 +81,13 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, tagged_send)
+        except Exception:
+            if started_response["sent"]:
+                raise  # mid-response: only cutting the connection tells the client
+            # Answered here rather than by Starlette's outermost handler, which re-raises after
+            # its 500 so that uvicorn drops the connection (without "Connection: close").
+            log.exception("unhandled error")
+            await send_error(tagged_send, APIError(500, "internal server error"))
         finally:
             self._done(scope, status["code"], started)
             request_id.reset(token)
