@@ -152,6 +152,9 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     # PIL's messages can carry object reprs with heap addresses: say the reason in our words.
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # a header claiming twice PIL's own pixel limit
+        limit = max_pixels if max_pixels is not None else 2 * Image.MAX_IMAGE_PIXELS
+        raise ImageError(f"image has more pixels than the limit of {limit}") from None
     except Exception:  # PIL raises several types for unreadable data
         raise ImageError("cannot decode image: not an image in a format the server reads") from None
     _check_size(image, max_pixels)

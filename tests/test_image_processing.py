@@ -224,3 +224,18 @@ def test_config_from_preprocessor_json():
     # a height x width size other than the tower's input cannot be honoured: refused, not guessed
     with pytest.raises(ValueError, match="not the vision tower's 384x384"):
         ImageProcessingConfig.from_hf_dict({**SIGLIP_FILE, "size": {"height": 384, "width": 512}}, 384)
+
+
+def test_a_header_past_pils_own_limit_is_refused_as_too_many_pixels():
+    """A PNG whose header claims 100,000 x 100,000 pixels trips PIL's decompression-bomb guard
+    at open; it was reported as "not an image in a format the server reads"."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+    data = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    with pytest.raises(ImageError, match="more pixels than the limit of 40000000"):
+        decode_image(data, max_pixels=40_000_000)
