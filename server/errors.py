@@ -111,6 +111,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind and kind != "application/json" and not kind.endswith("+json"):
+            # FastAPI parses only JSON-typed bodies (so a browser's cross-site form post cannot
+            # make a request); curl's -d alone sends a form type: say what is missing
+            return bad_request(f"the body must be JSON sent with Content-Type: application/json "
+                               f"(it came as {kind[:64]!r})").response()
         message, param = validation_message(exc)
         return bad_request(message, param=param).response()
 

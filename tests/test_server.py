@@ -260,6 +260,15 @@ def test_seed_at_the_engines_bounds_and_explicit_nulls_are_served(stack):
     assert len(response.json()["choices"]) == 1
 
 
+def test_a_json_body_sent_with_a_form_content_type_is_told_what_is_missing(stack):
+    # what `curl -d '{...}'` without -H sends; the message had been "body: Input should be a valid dictionary"
+    body = json.dumps({"model": MODEL, "messages": [user("hi")], "max_tokens": 2})
+    response = httpx.post(stack["base"] + "/v1/chat/completions", content=body, timeout=60,
+                          headers={"Content-Type": "application/x-www-form-urlencoded",
+                                   "Authorization": f"Bearer {KEY}"})
+    assert_error(response, 400, "Content-Type: application/json", "application/x-www-form-urlencoded")
+
+
 def test_unknown_fields_are_ignored(stack):
     body = {"model": MODEL, "messages": [user("hi")], "max_tokens": 2, "some_future_field": {"x": 1}}
     assert post(stack, body).status_code == 200
