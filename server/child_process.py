@@ -30,8 +30,11 @@ def server_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("VLLM_ENABLE_V1_MULTIPROCESSING")}
 
 
-def _start(model_dir, extra, log, kv_cache_gb: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_server(model_dir, extra, log, kv_cache_gb: int = 1,
+                 port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m server`` on ``port`` (else a free one), its output to the open file ``log``;
+    (process, base URL). Not waited for: see ``wait_healthy``."""
+    port = free_port() if port is None else port
     env = server_env()
     env.update(PYTHONUNBUFFERED="1", VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gb))
     cmd = [
@@ -88,7 +91,7 @@ def running_server(model_dir, *extra: str, log_path=None, ready_timeout: float =
         path = Path(log_path) if log_path else Path(scratch) / "server.log"
         for _ in range(PORT_ATTEMPTS):
             with open(path, "w") as log:
-                proc, base = _start(model_dir, extra, log, kv_cache_gb)
+                proc, base = start_server(model_dir, extra, log, kv_cache_gb)
                 try:
                     if _ready(proc, base, ready_timeout, path):
                         try:

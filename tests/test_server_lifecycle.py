@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
+from server.child_process import start_server, stop, wait_healthy
 from tests.hostile import hostile_server
-from server.child_process import server_env, stop, wait_healthy
 from tests.server_proc import running_server, still_running, wait_ended
 
 
@@ -85,10 +85,7 @@ def test_sigterm_drains_in_flight_requests_and_a_restart_gets_the_port_at_once(m
                  and c.status in (psutil.CONN_TIME_WAIT, psutil.CONN_FIN_WAIT2)]
     assert lingering, "no connection of the stopped server lingers on its port: nothing to test"
     with open(tmp_path / "restart.log", "w") as log:
-        restart = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model", str(model_dir), "--port", str(port), "--enforce-eager",
-             "--kv-cache-gb", "1", "--max-model-len", "1024"],
-            stdout=log, stderr=subprocess.STDOUT, env={**server_env(), "VLLM_CPU_KVCACHE_SPACE": "1"})
+        restart, _ = start_server(model_dir, (), log, port=port)
         try:
             assert wait_healthy(restart, base, 240), (tmp_path / "restart.log").read_text()[-2000:]
         finally:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from llava_model.tiny import TinyLlavaSpec, build_tiny_llava
-from server.child_process import free_port, server_env, stop, wait_healthy
+from server.child_process import free_port, server_env, start_server, stop, wait_healthy
 from server.config import ServerSettings
 from server.engine import (
     BIND_ENV,
@@ -244,9 +244,7 @@ def test_the_port_is_held_while_the_engine_loads(model_dir, tmp_path):
     port = free_port()
     log = tmp_path / "log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "--model", str(model_dir), "--port", str(port),
-                                 "--dtype", "float32", "--enforce-eager", "--kv-cache-gb", "1"],
-                                stdout=out, stderr=subprocess.STDOUT, env=server_env())
+        proc, _ = start_server(model_dir, ("--dtype", "float32"), out, port=port)
     try:
         deadline = time.time() + 120
         while "listening on" not in log.read_text() and proc.poll() is None and time.time() < deadline:

@@ -67,13 +67,11 @@ class RequestContext:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         token = request_id.set(rid)
         started = time.perf_counter()
-        status = {"code": 500}
-
-        started_response = {"sent": False}
+        status = {"code": 500, "started": False}
 
         async def tagged_send(message):
             if message["type"] == "http.response.start":
-                started_response["sent"] = True
+                status["started"] = True
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode("latin-1"))]
@@ -82,7 +80,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, tagged_send)
         except Exception:
-            if started_response["sent"]:
+            if status["started"]:
                 raise  # mid-response: only cutting the connection tells the client
             # Answered here rather than by Starlette's outermost handler, which re-raises after
             # its 500 so that uvicorn drops the connection (without "Connection: close").
