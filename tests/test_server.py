@@ -176,6 +176,59 @@ def test_logprobs(client):
         assert entry.logprob == pytest.approx(max(t.logprob for t in entry.top_logprobs))  # greedy
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprob_tokens_are_the_tokens_of_the_text_sent_with_them(stack, client, stream):
+    """With a stop string, vLLM holds text back while it could begin the stop string and
+    never shows the stop string's tokens; their logprobs went out at once, a token ahead of
+    the text (streamed) and the stop string's tokens with them. Now each chunk's logprob
+    tokens spell that chunk's text, and the reply's spell its content (special tokens, which
+    the text skips, aside)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stack["root"] / "model")
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    kwargs = {"model": MODEL, "max_tokens": 24, "temperature": 0, "logprobs": True}
+    for attempt in range(6):
+        messages = [user(f"Count them ({attempt})", data_url(photo_like(30, 30, seed=7)))]
+        full = client.chat.completions.create(messages=messages, **kwargs).choices[0]
+        tokens, text = [t.token for t in full.logprobs.content], full.message.content
+        # The random model samples ids past the tokenizer's vocabulary (no text) and lone bytes
+        # of characters (U+FFFD in the text, no text of their own): look for a stop string among
+        # the tokens before the text's first character that is not ASCII.
+        limit = next((i for i, c in enumerate(text) if not c.isascii()), len(text))
+        starts, at = [], 0
+        for t in tokens:
+            width = 0 if t in special else len(t)
+            if at + width > limit or text[at : at + width] != t[:width]:
+                break
+            starts.append(at)
+            at += width
+        # two tokens with text whose first occurrence in the text begins where the first does
+        stop_at = next((k for k in range(2, len(starts) - 1)
+                        if tokens[k] and tokens[k + 1] and not {tokens[k], tokens[k + 1]} & special
+                        and (tokens[k] + tokens[k + 1]).strip()
+                        and text.find(tokens[k] + tokens[k + 1]) == starts[k]), None)
+        if stop_at is not None:
+            break
+    else:
+        pytest.fail(f"no reply had a usable stop string: {tokens} {text!r}")
+    stop = tokens[stop_at] + tokens[stop_at + 1]
+    want, shown = text[: starts[stop_at]], tokens[:stop_at]
+    if not stream:
+        cut = client.chat.completions.create(messages=messages, stop=[stop], **kwargs).choices[0]
+        assert cut.finish_reason == "stop" and cut.message.content == want
+        assert [t.token for t in cut.logprobs.content] == shown
+        return
+    pieces = []
+    for chunk in client.chat.completions.create(messages=messages, stop=[stop], stream=True, **kwargs):
+        for choice in chunk.choices:
+            chunk_tokens = [t.token for t in choice.logprobs.content] if choice.logprobs else []
+            assert "".join(t for t in chunk_tokens if t not in special) == (choice.delta.content or "")
+            pieces.append((choice.delta.content or "", chunk_tokens))
+    assert "".join(p for p, _ in pieces) == want
+    assert [t for _, ts in pieces for t in ts] == shown
+
+
 def test_models_and_request_id(stack):
     r = httpx.get(stack["base"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "abc-1"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1"

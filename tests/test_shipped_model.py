@@ -121,6 +121,30 @@ def test_a_conversation_about_one_image_stays_consistent(server):
     assert together[0] == together[-1] == "3", together
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprob_tokens_spell_the_reply_without_the_prompts_space(server, stream):
+    """The word-piece tokenizer's first reply token is ``▁2``: vLLM names it ``" 2"``, the
+    reply's text is ``"2"`` (a fresh decode, as transformers gives it); the token's name follows
+    the text, so the tokens spell the content (they had a stray leading space)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": [_image("two_shapes.png"),
+                                             {"type": "text", "text": "How many shapes are in the image? Answer with a number."}]}]
+    kwargs = {"model": "default", "messages": messages, "max_tokens": 8, "temperature": 0, "logprobs": True,
+              "top_logprobs": 2}
+    if stream:
+        chunks = [c.choices[0] for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+        text = "".join(c.delta.content or "" for c in chunks)
+        entries = [e for c in chunks if c.logprobs for e in c.logprobs.content]
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        text, entries = choice.message.content, choice.logprobs.content
+    assert text.startswith("2") and "".join(e.token for e in entries if e.token != "</s>") == text
+    assert bytes(entries[0].bytes).decode() == entries[0].token == "2"
+    assert all(not t.token.startswith(" ") for t in entries[0].top_logprobs)
+
+
 def test_the_shipped_llm_finds_a_named_object_and_its_token_holds_the_place():
     """What the README's "What limits it" rests on, measured by ``llava-train probe --lookup``:
     from the question's colour word one head attends mostly to the named object's image token,

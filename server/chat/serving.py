@@ -32,6 +32,7 @@ from server.chat.protocol import (
 )
 from server.chat.reply_memory import ReplyMemory
 from server.chat.templates import IMAGE, ChatTemplate, TemplateError, message_text
+from server.chat.token_pacing import TokenPacer
 from server.errors import APIError, bad_request
 
 log = logging.getLogger("server.chat")
@@ -284,31 +285,41 @@ class ChatService:
         return JSONResponse(body.model_dump(exclude_none=False))
 
     def _choice(self, req, output, text: str, index: int) -> Choice:
-        logprobs = self._logprobs(req, output.token_ids, output.logprobs) if req.logprobs else None
+        logprobs = None
+        if req.logprobs:
+            pacer = TokenPacer(self.tokenizer)
+            pacer.add(output.token_ids, output.logprobs)
+            logprobs = self._logprobs(req, pacer.take(len(text), True, _by_stop_string(output)))
         return Choice(index=index, message=AssistantMessage(content=text),
                       logprobs=logprobs, finish_reason=_finish(output))
 
-    def _logprobs(self, req, token_ids, entries) -> ChoiceLogprobs:
+    def _logprobs(self, req, tokens) -> ChoiceLogprobs:
+        """``tokens``: ``(position in the reply, token id, the engine's logprob entry)``."""
         content = []
-        for token_id, entry in zip(token_ids, entries or []):
+        for position, token_id, entry in tokens:
             chosen = entry.get(token_id)
             ranked = sorted(entry.items(), key=lambda kv: -kv[1].logprob)[: req.top_logprobs or 0]
+            text = self._token_text(token_id, chosen, position)
             content.append(TokenLogprob(
-                token=self._token_text(token_id, chosen),
+                token=text,
                 logprob=max(chosen.logprob, -9999.0) if chosen else -9999.0,
-                bytes=list(self._token_text(token_id, chosen).encode()),
+                bytes=list(text.encode()),
                 top_logprobs=[
-                    TopLogprob(token=self._token_text(t, lp), logprob=max(lp.logprob, -9999.0),
-                               bytes=list(self._token_text(t, lp).encode()))
+                    TopLogprob(token=self._token_text(t, lp, position), logprob=max(lp.logprob, -9999.0),
+                               bytes=list(self._token_text(t, lp, position).encode()))
                     for t, lp in ranked
                 ],
             ))
         return ChoiceLogprobs(content=content)
 
-    def _token_text(self, token_id: int, logprob) -> str:
+    def _token_text(self, token_id: int, logprob, position: int) -> str:
+        """The token as text; the reply's first token without the space only the prompt's
+        context gave it, as the reply's text has it (``llava_model.reply_text``)."""
         if logprob is not None and logprob.decoded_token is not None:
-            return logprob.decoded_token
-        return self.tokenizer.decode([token_id])
+            text = logprob.decoded_token
+        else:
+            text = self.tokenizer.decode([token_id])
+        return fresh_start(self.tokenizer, text, [token_id]) if position == 0 and text else text
 
     async def _stream(self, req, prompt, params, copies, rid, deadline: float,
                       release: Callable[[], None], lora=None) -> AsyncIterator[str]:
@@ -323,6 +334,7 @@ class ChatService:
         metrics = None
         replies = ReplyText(self.tokenizer)
         sent: dict[int, str] = {}
+        pacers: dict[int, TokenPacer] = {}
 
         def chunk(choices, usage=None) -> str:
             body = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
@@ -344,7 +356,12 @@ class ChatService:
                             self._remember(prompt, o, sent[o.index], replies.ids[o.index])
                         completion += copies * len(o.token_ids)
                         timing.tokens_seen(len(o.token_ids))
-                        logprobs = self._logprobs(req, o.token_ids, o.logprobs) if req.logprobs else None
+                        logprobs = None
+                        if req.logprobs:
+                            pacer = pacers.setdefault(o.index, TokenPacer(self.tokenizer))
+                            pacer.add(o.token_ids, o.logprobs)
+                            ready = pacer.take(len(sent[o.index]), o.finish_reason is not None, _by_stop_string(o))
+                            logprobs = self._logprobs(req, ready) if ready else None
                         if text or o.finish_reason or logprobs:
                             for index in range(o.index * copies, (o.index + 1) * copies):
                                 role = None if index in opened else "assistant"
@@ -452,6 +469,12 @@ class _Prompt:
     length: int  # tokens, images included
     images: int
     text: str  # the rendered prompt (the key of replies to it, ``ReplyMemory``)
+
+
+def _by_stop_string(output) -> bool:
+    """Whether one of the request's stop strings ended this reply (vLLM: ``stop_reason`` is
+    the string; a stop token's id or ``None`` otherwise)."""
+    return isinstance(getattr(output, "stop_reason", None), str)
 
 
 def _finish(output) -> str | None:
