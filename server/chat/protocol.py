@@ -77,6 +77,58 @@ def _enum_values(node: Any, budget: int = 100_000) -> int:
     return total
 
 
+# Keywords that only combine or name schemas: following them matches nothing yet. A cycle made of
+# them alone (``{"$ref": "#/$defs/a"}`` with ``a`` = ``{"$ref": "#/$defs/a"}``) is a grammar that
+# can never produce a value; the engine answered such a request 200 with empty content.
+_PASS_THROUGH = ("allOf", "anyOf", "oneOf")
+
+
+def _pointer(root: Any, ref: str) -> Any:
+    """The node a local ``$ref`` (``#`` or ``#/a/b``) names, or None."""
+    if not (ref == "#" or ref.startswith("#/")):
+        return None
+    node = root
+    for part in ref[2:].split("/") if ref != "#" else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def _ref_loop(root: Any, budget: int = 10_000) -> str | None:
+    """A local ``$ref`` that leads back to itself through ``$ref`` / allOf / anyOf / oneOf only,
+    before any keyword that matches part of a value; None when there is none."""
+    refs = []  # every $ref in the schema, with the node it names
+    stack = [root]
+    while stack and len(refs) < budget:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    for ref in dict.fromkeys(refs):
+        seen, frontier, steps = set(), [_pointer(root, ref)], 0
+        while frontier and steps < budget:
+            node, steps = frontier.pop(), steps + 1
+            if not isinstance(node, dict) or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.get("$ref") == ref:
+                return ref
+            if isinstance(node.get("$ref"), str):
+                frontier.append(_pointer(root, node["$ref"]))
+            for key in _PASS_THROUGH:
+                if isinstance(node.get(key), list):
+                    frontier.extend(node[key])
+    return None
+
+
 class JSONSchemaFormat(_Lenient):
     name: str = "response"
     schema_: dict[str, Any] = Field(alias="schema")
@@ -91,6 +143,10 @@ class JSONSchemaFormat(_Lenient):
         values = _enum_values(schema)
         if values > MAX_SCHEMA_ENUM_VALUES:
             raise ValueError(f"the schema lists {values} enum values; at most {MAX_SCHEMA_ENUM_VALUES} are accepted")
+        loop = _ref_loop(schema)
+        if loop is not None:
+            raise ValueError(f"the schema's $ref {loop!r} refers back to itself before matching any part of a "
+                             "value, so no value can match it")
         return schema
 
 
