@@ -229,6 +229,29 @@ def test_logprob_tokens_are_the_tokens_of_the_text_sent_with_them(stack, client,
     assert [t for _, ts in pieces for t in ts] == shown
 
 
+def test_logprob_bytes_spell_the_reply_across_split_characters(stack, client):
+    """The random tiny model samples lone bytes of characters: the text shows U+FFFD where
+    they do not complete one, vLLM names such a token ``""``, and its ``bytes`` were empty.
+    Each token's bytes are now its own, so all of them spell the reply (special tokens and
+    ids past the vocabulary, which have no text, aside)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stack["root"] / "model")
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    split = 0
+    for attempt in range(4):
+        out = client.chat.completions.create(
+            model=MODEL, messages=[user(f"Say something ({attempt})")], max_tokens=48, temperature=0,
+            logprobs=True, extra_body={"min_tokens": 48}).choices[0]
+        entries = [e for e in out.logprobs.content if e.token not in special]
+        spelled = b"".join(bytes(e.bytes) for e in entries).decode("utf-8", errors="replace")
+        assert spelled == out.message.content, (spelled, out.message.content)
+        split += sum(1 for e in entries if e.bytes and not e.token)
+        if split:
+            break
+    assert split, "no reply held a lone byte token"
+
+
 def test_models_and_request_id(stack):
     r = httpx.get(stack["base"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "abc-1"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1"

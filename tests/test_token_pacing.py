@@ -116,3 +116,22 @@ def test_positions_count_from_the_reply_start(tokenizer):
     pacer.add(ids[:1], [{}])
     pacer.add(ids[1:], [{}] * (len(ids) - 1))
     assert [p for p, _, _ in pacer.take(10_000)] == list(range(len(ids)))
+
+
+def test_token_bytes_put_split_characters_back_together(tokenizer):
+    """OpenAI's ``bytes``: a character split over byte tokens (``<0xC3>`` ``<0xA9>`` in the shipped
+    tokenizer, ``Ã`` ``©`` in byte-level BPE) is the concatenation of its tokens' bytes; vLLM names
+    such tokens by text that is empty or U+FFFD, whose UTF-8 had lost them."""
+    from vllm.tokenizers.detokenizer_utils import convert_ids_list_to_tokens
+
+    from server.chat.token_pacing import TokenBytes
+
+    text = "a red é, a snowman \u2603 and \u4e2d"
+    ids = reply_ids(tokenizer, text)
+    names = convert_ids_list_to_tokens(tokenizer, ids)  # the token texts the engine reports
+    token_bytes = TokenBytes(tokenizer)
+    spelled = b"".join(bytes(token_bytes(i, name)) for i, name in zip(ids, names))
+    assert spelled.decode().lstrip(" ") == text
+    assert b"".join(name.encode() for name in names).decode(errors="replace") != spelled.decode()
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    assert token_bytes(image, "<image>") == list(b"<image>")  # special tokens: their name

@@ -32,7 +32,7 @@ from server.chat.protocol import (
 )
 from server.chat.reply_memory import ReplyMemory
 from server.chat.templates import IMAGE, ChatTemplate, TemplateError, message_text
-from server.chat.token_pacing import TokenPacer
+from server.chat.token_pacing import TokenBytes, TokenPacer
 from server.errors import APIError, bad_request
 
 log = logging.getLogger("server.chat")
@@ -50,6 +50,7 @@ class ChatService:
         self.image_tokens = image_tokens  # llava_model.anyres.ImageTokenCount
         self.tokenizer = engine.llm.get_tokenizer()
         self.image_id = self.tokenizer.convert_tokens_to_ids(IMAGE)
+        self.token_bytes = TokenBytes(self.tokenizer)
         # How this checkpoint was trained to read prompts (llava_model.prompt_ids), read once:
         # the engine's config, else the model directory's config.json.
         from llava_model.prompt_ids import SETTING, prompt_tokenization
@@ -303,10 +304,10 @@ class ChatService:
             content.append(TokenLogprob(
                 token=text,
                 logprob=max(chosen.logprob, -9999.0) if chosen else -9999.0,
-                bytes=list(text.encode()),
+                bytes=self.token_bytes(token_id, text),
                 top_logprobs=[
-                    TopLogprob(token=self._token_text(t, lp, position), logprob=max(lp.logprob, -9999.0),
-                               bytes=list(self._token_text(t, lp, position).encode()))
+                    TopLogprob(token=(alt := self._token_text(t, lp, position)), logprob=max(lp.logprob, -9999.0),
+                               bytes=self.token_bytes(t, alt))
                     for t, lp in ranked
                 ],
             ))

@@ -14,6 +14,7 @@ and the bytes of one character are counted where they land. Special tokens are n
 the text: zero wide, they go out with the text before them.
 """
 
+import re
 from collections import deque
 
 _WINDOW = 6  # tokens of context for a width: more than one character's bytes
@@ -56,3 +57,57 @@ class TokenPacer:
         if finished:
             self.pending.clear()
         return out
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _unicode_to_byte() -> dict[str, int]:
+    """Byte-level BPE's alphabet: each byte is written as one printable character (GPT-2's
+    table: printable Latin-1 bytes stand for themselves, the rest move to U+0100 onward)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table, shift = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + shift)] = b
+            shift += 1
+    return table
+
+
+class TokenBytes:
+    """The bytes each token stands for (OpenAI's logprobs ``bytes``), so that a character
+    split over several tokens can be put together from them: a byte-fallback piece
+    (``<0xC3>``) is that byte and a byte-level BPE piece (``Ã``) the bytes it spells, where the
+    token's text alone is empty or U+FFFD. Other tokens are their text's UTF-8."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.byte_level = "ByteLevel" in repr(getattr(backend, "decoder", None))
+        self.table = _unicode_to_byte() if self.byte_level else {}
+        added = tokenizer.get_added_vocab() if hasattr(tokenizer, "get_added_vocab") else {}
+        self.special = set(getattr(tokenizer, "all_special_ids", ()) or ()) | set(added.values())
+        self.memo: dict[int, bytes | None] = {}
+
+    def _own(self, token_id: int) -> bytes | None:
+        if token_id not in self.memo:
+            piece = None
+            if token_id not in self.special:
+                try:
+                    piece = self.tokenizer.convert_ids_to_tokens(token_id)
+                except (IndexError, KeyError, ValueError, OverflowError):
+                    piece = None
+            own = None
+            if isinstance(piece, str) and (match := _BYTE_PIECE.fullmatch(piece)):
+                own = bytes([int(match.group(1), 16)])
+            elif isinstance(piece, str) and piece and self.byte_level and all(c in self.table for c in piece):
+                own = bytes(self.table[c] for c in piece)
+            self.memo[token_id] = own
+        return self.memo[token_id]
+
+    def __call__(self, token_id: int, text: str) -> list[int]:
+        """The bytes of ``token_id``, whose text is ``text``."""
+        own = self._own(token_id)
+        return list(text.encode() if own is None else own)
