@@ -7,9 +7,13 @@ circle ?" is answered with the object's place ("top left"). Two tasks:
 
 - ``slots``: the scene as nine "image tokens", one per cell, each a learned linear map of a
   one-hot colour, shape and cell, as a perfect vision tower and projector would give the LLM;
-- ``text``: the scene written out in words before the question.
+- ``text``: the scene written out in words before the question;
+- ``tokens``: the nine slots are a real vision tower's patch tokens of the built-in world's
+  pictures (``binding_tokens.py`` writes them; held-out pictures score), through a fresh linear
+  map: the same LM task with what the built-in model's LLM actually sees.
 
-No project code and no data: transformers' Llama from nothing, scenes drawn on the fly.
+No project code and no data for ``slots`` and ``text``: transformers' Llama from nothing, scenes
+drawn on the fly.
 ``python benchmarks/experiments/binding_testbed.py --task slots --lr 1e-4 --warmup 100``
 prints the whole-answer accuracy (greedy, 256 fresh scenes) every 250 steps.
 """
@@ -32,7 +36,8 @@ SLOT = len(COLOURS) + len(SHAPES) + len(PLACES) + 1  # one-hot colour, shape, ce
 
 def options(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", choices=("slots", "text"), default="slots")
+    p.add_argument("--task", choices=("slots", "text", "tokens"), default="slots")
+    p.add_argument("--tokens", help="--task tokens: a file from binding_tokens.py (a real tower's tokens)")
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--heads", type=int, default=3)
@@ -42,16 +47,27 @@ def options(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lm", help="a pretrained Llama folder (with its tokenizer) instead of a fresh LM; "
+                   "--width/--layers/--heads are then its own")
     return p.parse_args(argv)
 
 
 class Scenes:
-    def __init__(self, task: str, seed: int):
-        self.task, self.rng = task, random.Random(seed)
+    def __init__(self, task: str, seed: int, tokens: dict | None = None):
+        self.task, self.rng, self.tokens = task, random.Random(seed), tokens
 
-    def sample(self) -> tuple[list[str], list[str], torch.Tensor | None]:
+    def sample(self, held_out: bool = False) -> tuple[list[str], list[str], torch.Tensor | None]:
         """(tokens before the answer, the answer's words, the nine slots or None)."""
         rng = self.rng
+        if self.task == "tokens":  # a real picture's tokens; its objects whose name is unique
+            part = self.tokens["held_out" if held_out else "train"]
+            while True:
+                i = rng.randrange(len(part["objects"]))
+                if part["objects"][i]:
+                    break
+            colour, shape, cell = rng.choice(part["objects"][i])
+            question = ["where", "is", "the", colour, shape, "?", "ans"]
+            return ["<s>"] + ["<pad>"] * 9 + question, PLACES[cell].split(), part["tokens"][i].float()
         n = rng.randint(2, 4)
         cells = rng.sample(range(9), n)
         objects: list[tuple[int, int]] = []
@@ -82,30 +98,58 @@ def main(argv=None) -> None:
     print(vars(a), flush=True)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    ids = {w: i for i, w in enumerate(WORDS)}
-    config = LlamaConfig(hidden_size=a.width, num_hidden_layers=a.layers, num_attention_heads=a.heads,
-                         num_key_value_heads=a.heads, head_dim=a.width // a.heads,
-                         intermediate_size=a.width * 8 // 3 // 32 * 32, vocab_size=len(WORDS),
-                         max_position_embeddings=256)
-    model = LlamaForCausalLM(config)
-    projector = torch.nn.Linear(SLOT, a.width)
-    scenes = Scenes(a.task, a.seed)
+    tokens = torch.load(a.tokens) if a.task == "tokens" else None
+    words = WORDS
+    if tokens is not None:  # the world's colour words too (the other tasks keep their vocabulary)
+        names = {w for part in ("train", "held_out") for objs in tokens[part]["objects"] for o in objs for w in o[:2]}
+        words = sorted(set(WORDS) | names)
+    if a.lm:  # the words as that LM's tokenizer writes them; "<s>" its BOS, the slots' "<pad>" any id
+        from transformers import AutoTokenizer
 
-    def batch(size: int):
-        rows = [scenes.sample() for _ in range(size)]
+        tokenizer = AutoTokenizer.from_pretrained(a.lm)
+        model = LlamaForCausalLM.from_pretrained(a.lm, dtype=torch.float32)
+        marks = {"<s>": tokenizer.bos_token_id, "<pad>": tokenizer.bos_token_id}
+
+        def encode(ws: list[str]) -> list[int]:
+            out, run = [], []
+            for w in [*ws, None]:
+                if w in marks or w is None:
+                    if run:
+                        out += tokenizer(" ".join(run), add_special_tokens=False)["input_ids"]
+                        run = []
+                    if w is not None:
+                        out.append(marks[w])
+                else:
+                    run.append(w)
+            return out
+    else:
+        ids = {w: i for i, w in enumerate(words)}
+        config = LlamaConfig(hidden_size=a.width, num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                             num_key_value_heads=a.heads, head_dim=a.width // a.heads,
+                             intermediate_size=a.width * 8 // 3 // 32 * 32, vocab_size=len(words),
+                             max_position_embeddings=256)
+        model = LlamaForCausalLM(config)
+
+        def encode(ws: list[str]) -> list[int]:
+            return [ids[w] for w in ws]
+    width, vocab = model.config.hidden_size, model.config.vocab_size
+    projector = torch.nn.Linear(SLOT if tokens is None else tokens["train"]["tokens"].shape[-1], width)
+    scenes = Scenes(a.task, a.seed, tokens)
+
+    def batch(size: int, held_out: bool = False):
+        rows = [(encode(t), encode(x), slots) for t, x, slots in (scenes.sample(held_out) for _ in range(size))]
         length = max(len(t) + len(x) for t, x, _ in rows)
-        embeds = torch.zeros(size, length, a.width)
+        embeds = torch.zeros(size, length, width)
         labels = torch.full((size, length), -100)
         mask = torch.zeros(size, length, dtype=torch.long)
         table = model.get_input_embeddings()
-        for i, (tokens, answer, slots) in enumerate(rows):
-            words = tokens + answer
-            e = table(torch.tensor([ids[w] for w in words]))
+        for i, (prefix, answer, slots) in enumerate(rows):
+            e = table(torch.tensor(prefix + answer))
             if slots is not None:
                 e = torch.cat([e[:1], projector(slots), e[10:]])
-            embeds[i, :len(words)] = e
-            mask[i, :len(words)] = 1
-            labels[i, len(tokens):len(words)] = torch.tensor([ids[w] for w in answer])
+            embeds[i, :len(e)] = e
+            mask[i, :len(e)] = 1
+            labels[i, len(prefix):len(e)] = torch.tensor(answer)
         return embeds, labels, mask
 
     params = list(model.parameters()) + list(projector.parameters())
@@ -117,14 +161,14 @@ def main(argv=None) -> None:
                 group["lr"] = a.lr * min(1.0, step / a.warmup)
         embeds, labels, mask = batch(a.batch)
         logits = model(inputs_embeds=embeds, attention_mask=mask).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, len(WORDS)), labels[:, 1:].reshape(-1))
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         if step % 250 == 0:
             with torch.no_grad():
-                embeds, labels, mask = batch(256)
+                embeds, labels, mask = batch(256, held_out=True)
                 guess = model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].argmax(-1)
                 scored = labels[:, 1:] != -100
                 right = ((guess == labels[:, 1:]) | ~scored).all(1).float().mean().item()

@@ -42,8 +42,9 @@ def _load(model_dir: str, attn_implementation: str | None = None):
     return model, image_cfg
 
 
-def vision_tokens(model, image_cfg, images, after_projector: bool) -> torch.Tensor:
-    """(images, patches, width): the tokens the LLM gets for each image, class token dropped."""
+def vision_tokens(model, image_cfg, images, after_projector: bool, layer: int | None = None) -> torch.Tensor:
+    """(images, patches, width): the tokens the LLM gets for each image, class token dropped
+    (``layer``: the tower's hidden states at that index instead of the model's feature layer)."""
     from llava_model.image_processing import preprocess_images
 
     cfg = model.config
@@ -52,7 +53,7 @@ def vision_tokens(model, image_cfg, images, after_projector: bool) -> torch.Tens
         for i in range(0, len(images), 128):
             pixels = preprocess_images(images[i:i + 128], image_cfg).float()
             hidden = model.model.vision_tower(pixel_values=pixels, output_hidden_states=True)
-            feats = hidden.hidden_states[cfg.vision_feature_layer]
+            feats = hidden.hidden_states[cfg.vision_feature_layer if layer is None else layer]
             if cfg.vision_feature_select_strategy == "default":
                 feats = feats[:, 1:]
             out.append(model.model.multi_modal_projector(feats) if after_projector else feats)
