@@ -49,6 +49,9 @@ def options(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--lm", help="a pretrained Llama folder (with its tokenizer) instead of a fresh LM; "
                    "--width/--layers/--heads are then its own")
+    p.add_argument("--projector", help="--task tokens: a LLaVA folder whose 2-layer MLP projector (mlp2x_gelu) "
+                   "maps the tokens, instead of a fresh linear map")
+    p.add_argument("--freeze-projector", action="store_true", help="keep that projector as it is")
     return p.parse_args(argv)
 
 
@@ -134,6 +137,19 @@ def main(argv=None) -> None:
             return [ids[w] for w in ws]
     width, vocab = model.config.hidden_size, model.config.vocab_size
     projector = torch.nn.Linear(SLOT if tokens is None else tokens["train"]["tokens"].shape[-1], width)
+    if a.projector:  # the model's own: linear_1, GELU, linear_2
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        weights = load_file(Path(a.projector) / "model.safetensors")
+        first, second = (weights[f"multi_modal_projector.linear_{i}.weight"] for i in (1, 2))
+        projector = torch.nn.Sequential(torch.nn.Linear(first.shape[1], first.shape[0]), torch.nn.GELU(),
+                                        torch.nn.Linear(second.shape[1], second.shape[0]))
+        for layer, i in ((projector[0], 1), (projector[2], 2)):
+            layer.weight.data.copy_(weights[f"multi_modal_projector.linear_{i}.weight"])
+            layer.bias.data.copy_(weights[f"multi_modal_projector.linear_{i}.bias"])
+        projector.requires_grad_(not a.freeze_projector)
     scenes = Scenes(a.task, a.seed, tokens)
 
     def batch(size: int, held_out: bool = False):
@@ -152,7 +168,7 @@ def main(argv=None) -> None:
             labels[i, len(prefix):len(e)] = torch.tensor(answer)
         return embeds, labels, mask
 
-    params = list(model.parameters()) + list(projector.parameters())
+    params = [q for q in (*model.parameters(), *projector.parameters()) if q.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     started = time.time()
     for step in range(1, a.steps + 1):
