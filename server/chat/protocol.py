@@ -62,19 +62,24 @@ MAX_SCHEMA_ENUM_VALUES = 1000
 MAX_SCHEMA_BYTES = 64 * 1024
 
 
-def _enum_values(node: Any, budget: int = 100_000) -> int:
-    """How many enum values the schema lists, everywhere in it (iteratively, bounded)."""
-    total, stack, seen = 0, [node], 0
+def _objects(node: Any, budget: int, skip: tuple[str, ...] = ()):
+    """The schema's objects, everywhere in it, iteratively and at most ``budget`` nodes (values
+    under the keys in ``skip`` are data, not schemas, and are not entered)."""
+    stack, seen = [node], 0
     while stack and seen < budget:
         item = stack.pop()
         seen += 1
         if isinstance(item, dict):
-            if isinstance(item.get("enum"), list):
-                total += len(item["enum"])
-            stack.extend(v for k, v in item.items() if k not in ("enum", "const"))
+            yield item
+            stack.extend(v for k, v in item.items() if k not in skip)
         elif isinstance(item, list):
             stack.extend(item)
-    return total
+
+
+def _enum_values(node: Any, budget: int = 100_000) -> int:
+    """How many enum values the schema lists, everywhere in it (iteratively, bounded)."""
+    return sum(len(item["enum"]) for item in _objects(node, budget, skip=("enum", "const"))
+               if isinstance(item.get("enum"), list))
 
 
 # Keywords that only combine or name schemas: following them matches nothing yet. A cycle made of
@@ -102,16 +107,8 @@ def _pointer(root: Any, ref: str) -> Any:
 def _ref_loop(root: Any, budget: int = 10_000) -> str | None:
     """A local ``$ref`` that leads back to itself through ``$ref`` / allOf / anyOf / oneOf only,
     before any keyword that matches part of a value; None when there is none."""
-    refs = []  # every $ref in the schema, with the node it names
-    stack = [root]
-    while stack and len(refs) < budget:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if isinstance(node.get("$ref"), str):
-                refs.append(node["$ref"])
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+    # every node of a schema within MAX_SCHEMA_BYTES (a node takes at least two bytes of JSON)
+    refs = [item["$ref"] for item in _objects(root, MAX_SCHEMA_BYTES) if isinstance(item.get("$ref"), str)]
     for ref in dict.fromkeys(refs):
         seen, frontier, steps = set(), [_pointer(root, ref)], 0
         while frontier and steps < budget:
